@@ -1,0 +1,185 @@
+"""Official PyTorch CrossFormer checkpoints -> Flax modules and variables.
+
+Accepts a flat mapping of official ``state_dict`` keys to arrays from a classification checkpoint
+(optionally wrapped as ``{'model': ...}``, with ``head.*``, ``norm.*`` and the DPB buffers), a dense
+backbone checkpoint, or an mmdet/mmseg checkpoint (``{'state_dict': ...}``, keys ``backbone.*``).
+"""
+
+import logging
+import re
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from backbones.crossformer.model import CrossFormer, CrossFormerBackbone
+
+# Non-learned buffers of the v1 classifier (deterministic functions of the group size): dropped.
+_BUFFER_SUFFIXES = (".attn.biases", ".attn.relative_position_index")
+# Official constructor arguments without effect on the computation.
+_IGNORED_KWARGS = ("use_checkpoint", "init_cfg")
+_MODULE_RULES = (
+    (re.compile(r"^layers\.(\d+)\.blocks\.(\d+)"), r"layers_\1_blocks_\2"),
+    (re.compile(r"^layers\.(\d+)\.downsample"), r"layers_\1_downsample"),
+    (re.compile(r"\.pos(\d)\.0$"), r".pos\1_norm"),
+    (re.compile(r"\.pos(\d)\.2$"), r".pos\1_linear"),
+    (re.compile(r"\.(projs|reductions)\.(\d+)$"), r".\1_\2"),
+    (re.compile(r"^head$"), "output_projection"),
+)
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+  """The backbone/classifier state_dict inside a checkpoint, as numpy arrays, prefixes removed.
+
+  Handles ``{'model': sd}`` (official classification), ``{'state_dict': sd}`` (mmcv) and the
+  ``backbone.`` prefix of mmdet/mmseg (their neck/head keys are left out).
+  """
+  for wrapper in ("model", "state_dict"):
+    if wrapper in checkpoint and isinstance(checkpoint[wrapper], Mapping):
+      checkpoint = checkpoint[wrapper]
+  keys = list(checkpoint)
+  if any(k.startswith("backbone.") for k in keys):
+    checkpoint = {k[len("backbone."):]: v for k, v in checkpoint.items() if k.startswith("backbone.")}
+  checkpoint = {k[len("module."):] if k.startswith("module.") else k: v for k, v in checkpoint.items()}
+  return {k: _to_numpy(v) for k, v in checkpoint.items()}
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+  if hasattr(value, "detach"):  # a torch tensor; torch itself is never imported here
+    value = value.detach().cpu().numpy()
+  return np.asarray(value)
+
+
+def module_from_official(official_kwargs: Mapping[str, Any], classifier: bool,
+                         lda_mode: str = "v1") -> nn.Module:
+  """The Flax module equivalent to the official constructor called with ``official_kwargs``.
+
+  The classifier (``models/crossformer.py``) has no ``crs_interval``: its LDA interval is implicit,
+  ``(img_size / 4 / 2**i) / group_size``, which is what is used when ``crs_interval`` is absent.
+  """
+  kw = dict(official_kwargs)
+  for name in _IGNORED_KWARGS:
+    kw.pop(name, None)
+  for name, allowed in (("ape", False), ("use_acl", False)):
+    if kw.pop(name, allowed) != allowed:
+      raise ValueError(f"official option {name}={not allowed} (CrossFormer++ / absolute position "
+                       "embedding) is not supported by this port")
+  embed_dim = int(kw.pop("embed_dim", 96))
+  depths = tuple(kw.pop("depths", (2, 2, 6, 2)))
+  dims = tuple(embed_dim * 2 ** i for i in range(len(depths)))
+  group_sizes = tuple(kw.pop("group_size", (7,) * len(depths)))
+  img_size = kw.pop("img_size", 224)
+  img_side = img_size[0] if isinstance(img_size, (list, tuple)) else img_size
+  intervals = kw.pop("crs_interval", None)
+  if intervals is None:
+    intervals = tuple(max(1, (img_side // 4 // 2 ** i) // g) for i, g in enumerate(group_sizes))
+  num_classes = int(kw.pop("num_classes", 1000))
+  config = dict(
+      depths=depths, num_heads=tuple(kw.pop("num_heads", (3, 6, 12, 24))),
+      patch_sizes=tuple(kw.pop("patch_size", (4, 8, 16, 32))),
+      merge_sizes=tuple(tuple(m) for m in kw.pop("merge_size", ((2, 4),) * 3)),
+      mlp_ratio=float(kw.pop("mlp_ratio", 4.0)), qkv_bias=bool(kw.pop("qkv_bias", True)),
+      qk_scale=kw.pop("qk_scale", None), patch_norm=bool(kw.pop("patch_norm", True)),
+      drop_rate=float(kw.pop("drop_rate", 0.0)), drop_path_rate=float(kw.pop("drop_path_rate", 0.0)),
+      in_chans=int(kw.pop("in_chans", 3)), lda_mode=lda_mode)
+  if kw:
+    raise ValueError(f"unknown official CrossFormer arguments: {sorted(kw)}")
+  if classifier:
+    return CrossFormer(num_classes=num_classes, dim=dims, global_window_size=tuple(intervals),
+                       local_window_size=group_sizes, depth=config.pop("depths"), **config)
+  return CrossFormerBackbone(dims=dims, group_sizes=group_sizes, intervals=tuple(intervals), **config)
+
+
+def flax_path(official_key: str) -> Tuple[Tuple[str, ...], str]:
+  """Maps an official key to (Flax module path, official leaf name), e.g.
+  ``layers.0.blocks.1.attn.qkv.weight`` -> ``(('layers_0_blocks_1', 'attn', 'qkv'), 'weight')``."""
+  module, leaf = official_key.rsplit(".", 1)
+  for pattern, replacement in _MODULE_RULES:
+    module = pattern.sub(replacement, module)
+  return tuple(module.split(".")), leaf
+
+
+def _convert_leaf(leaf: str, value: np.ndarray) -> Tuple[str, np.ndarray]:
+  if leaf == "bias":
+    return "bias", value
+  if leaf != "weight":
+    raise KeyError(leaf)
+  if value.ndim == 4:  # conv OIHW -> HWIO
+    return "kernel", value.transpose(2, 3, 1, 0)
+  if value.ndim == 2:  # linear (out, in) -> (in, out)
+    return "kernel", value.T
+  return "scale", value  # LayerNorm
+
+
+def expected_param_shapes(module: nn.Module) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
+  """Flat ``{path: shape}`` of the module's parameters, without computing anything."""
+  in_chans = module.in_chans
+  variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, in_chans)))
+  flat = flax.traverse_util.flatten_dict(variables["params"])
+  return {path: tuple(v.shape) for path, v in flat.items()}
+
+
+def from_official(state_dict: Mapping[str, Any], *, model: str = "auto", lda_mode: str = "v1",
+                  strict: bool = True, **official_kwargs) -> Tuple[nn.Module, Dict[str, Any]]:
+  """Builds the Flax module and its variables from an official CrossFormer state_dict.
+
+  Args:
+    state_dict: official keys -> arrays (numpy or torch tensors); checkpoint wrappers and the mmdet/mmseg
+      ``backbone.`` prefix are accepted.
+    model: ``"backbone"`` (the dense :class:`CrossFormerBackbone`), ``"classifier"`` (:class:`CrossFormer`)
+      or ``"auto"`` (classifier when the checkpoint has ``head.weight``).
+    lda_mode: ``"v1"`` for the released checkpoints, ``"main"`` for the CrossFormer++ code's semantics.
+    strict: raise on missing, unexpected or mis-shaped keys (otherwise only log them).
+    **official_kwargs: the official constructor's keyword arguments (``embed_dim``, ``depths``, ...).
+
+  Returns:
+    ``(module, {'params': params})``.
+  """
+  sd = unwrap_state_dict(state_dict)
+  if model not in ("auto", "backbone", "classifier"):
+    raise ValueError(f"model must be 'auto', 'backbone' or 'classifier', got {model!r}")
+  classifier = model == "classifier" or (model == "auto" and "head.weight" in sd)
+  if classifier and "num_classes" not in official_kwargs and "head.weight" in sd:
+    official_kwargs["num_classes"] = sd["head.weight"].shape[0]
+  module = module_from_official(official_kwargs, classifier, lda_mode)
+  expected = expected_param_shapes(module)
+
+  params, unexpected, mismatched, dropped = {}, [], [], []
+  for key, value in sd.items():
+    if key.endswith(_BUFFER_SUFFIXES):
+      continue
+    path, leaf = flax_path(key)
+    if not classifier and path[0] in ("norm", "output_projection"):
+      dropped.append(key)  # the classification head, unused by the dense backbone
+      continue
+    if classifier and path[0] not in ("norm", "output_projection"):
+      path = ("backbone",) + path
+    try:
+      name, converted = _convert_leaf(leaf, value)
+    except KeyError:
+      unexpected.append(key)
+      continue
+    full = path + (name,)
+    if full not in expected:
+      unexpected.append(key)
+    elif tuple(converted.shape) != expected[full]:
+      mismatched.append(f"{key}: checkpoint {tuple(value.shape)} -> {tuple(converted.shape)}, "
+                        f"model expects {expected[full]}")
+    else:
+      params[full] = np.asarray(converted, dtype=np.float32)
+  missing = ["/".join(p) for p in expected if p not in params]
+  if dropped:
+    logging.info("from_official: dropped %d classification-head keys (%s)", len(dropped),
+                 ", ".join(sorted(dropped)))
+  problems = [(title, items) for title, items in (("missing", missing), ("unexpected", unexpected),
+                                                  ("shape mismatch", mismatched)) if items]
+  if problems:
+    message = "; ".join(f"{title} keys ({len(items)}): {', '.join(items[:20])}"
+                        + (" ..." if len(items) > 20 else "") for title, items in problems)
+    if strict:
+      raise ValueError(f"checkpoint does not fit {type(module).__name__}: {message}")
+    logging.warning("from_official: %s", message)
+  return module, {"params": flax.traverse_util.unflatten_dict(params)}

@@ -1,0 +1,202 @@
+"""CrossFormer (arXiv 2108.00154): the dense backbone and the image classifier, in Flax linen, NHWC."""
+
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from backbones.crossformer import grouping
+from backbones.crossformer.attention import GroupAttention
+from backbones.crossformer.layers import CrossScaleEmbedding, DropPath, LayerNorm, Mlp
+from backbones.crossformer.sizes import check_input
+from backbones.feature_info import FeatureInfo
+
+Dtype = Any
+IntOrSeq = Union[int, Sequence[int]]
+
+
+def per_stage(value: IntOrSeq, num_stages: int, name: str) -> Tuple[int, ...]:
+  """Broadcasts an int to one value per stage, or checks that a sequence has one per stage."""
+  if isinstance(value, (int, np.integer)):
+    return (int(value),) * num_stages
+  value = tuple(int(v) for v in value)
+  if len(value) != num_stages:
+    raise ValueError(f"{name} needs one value per stage ({num_stages}), got {value}")
+  return value
+
+
+class CrossFormerBlock(nn.Module):
+  """Pre-norm block: ``x + DropPath(LSDA(LN(x)))`` then ``x + DropPath(MLP(LN(x)))``.
+
+  Whether the block attends short-distance (SDA) or long-distance (LDA), and with which groups, is
+  decided from the input map size on every call (see :func:`grouping.plan_groups`).
+  """
+  num_heads: int
+  group_size: int
+  interval: int
+  long_distance: bool
+  lda_mode: str = "v1"
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  qk_scale: Optional[float] = None
+  drop_path: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    _, h, w, c = x.shape
+    plan = grouping.plan_groups(h, w, self.group_size, self.interval, self.long_distance,
+                                self.lda_mode)
+    y = LayerNorm(dtype=self.dtype, name="norm1")(x)
+    hp, wp = plan.padded_hw
+    # Zero padding after norm1, bottom/right only; padded keys are masked inside the attention.
+    y = jnp.pad(y, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
+    y = GroupAttention(self.num_heads, self.qkv_bias, self.qk_scale, dtype=self.dtype, name="attn")(
+        grouping.group(y, plan), plan.group_hw, grouping.key_padding_bias(plan), train)
+    y = grouping.ungroup(y, plan)[:, :h, :w]
+    x = x + DropPath(self.drop_path)(y, train)
+    y = LayerNorm(dtype=self.dtype, name="norm2")(x)
+    y = Mlp(int(c * self.mlp_ratio), dtype=self.dtype, name="mlp")(y, train)
+    return x + DropPath(self.drop_path)(y, train)
+
+
+class CrossFormerBackbone(nn.Module):
+  """The official CrossFormer dense backbone: a feature pyramid at strides 4, 8, 16 and 32.
+
+  Stage ``i`` returns its tokens after its blocks and before the following patch merging, as the
+  official ``crossformer_backbone.py``; outputs are ``{'stage_1': ..., 'stage_4': ...}`` (NHWC) for the
+  stages in ``out_indices``.
+
+  Attributes:
+    dims: channels per stage.
+    depths: blocks per stage; even blocks are SDA, odd ones LDA.
+    num_heads: attention heads per stage (None: ``dim // 32``, the official head width).
+    group_sizes: SDA group side G per stage (the seed API's ``local_window_size``).
+    intervals: LDA interval I per stage (the seed API's ``global_window_size``).
+    patch_sizes: kernel sizes of the stage-1 cross-scale embedding (stride 4).
+    merge_sizes: kernel sizes of each patch-merging layer (stride 2).
+    lda_mode: ``"v1"`` (paper and released checkpoints) or ``"main"`` (CrossFormer++ code).
+    remat: recompute block activations in the backward pass (gradient checkpointing).
+  """
+  dims: Sequence[int] = (96, 192, 384, 768)
+  depths: Sequence[int] = (2, 2, 6, 2)
+  num_heads: Optional[Sequence[int]] = None
+  group_sizes: IntOrSeq = 7
+  intervals: IntOrSeq = (8, 4, 2, 1)
+  patch_sizes: Sequence[int] = (4, 8, 16, 32)
+  merge_sizes: Sequence[Sequence[int]] = ((2, 4), (2, 4), (2, 4))
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  qk_scale: Optional[float] = None
+  patch_norm: bool = True
+  drop_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  lda_mode: str = "v1"
+  in_chans: int = 3
+  out_indices: Sequence[int] = (0, 1, 2, 3)
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    num_stages = len(self.dims)
+    if len(self.depths) != num_stages or len(self.merge_sizes) != num_stages - 1:
+      raise ValueError(f"dims {tuple(self.dims)}, depths {tuple(self.depths)} and merge_sizes "
+                       f"{tuple(map(tuple, self.merge_sizes))} disagree on the number of stages")
+    if self.lda_mode not in grouping.LDA_MODES:
+      raise ValueError(f"lda_mode must be one of {grouping.LDA_MODES}, got {self.lda_mode!r}")
+    bad = [i for i in self.out_indices if not 0 <= i < num_stages]
+    if bad:
+      raise ValueError(f"out_indices {tuple(self.out_indices)} must lie in [0, {num_stages})")
+    super().__post_init__()
+
+  @property
+  def feature_info(self) -> FeatureInfo:
+    """timm-style description of the returned levels (channels, reduction, name)."""
+    return FeatureInfo([dict(num_chs=self.dims[i], reduction=4 * 2 ** i, module=f"stage_{i + 1}")
+                        for i in self.out_indices])
+
+  @property
+  def stage_heads(self) -> Tuple[int, ...]:
+    if self.num_heads is None:
+      return tuple(max(1, d // 32) for d in self.dims)
+    return per_stage(self.num_heads, len(self.dims), "num_heads")
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, jnp.ndarray]:
+    check_input(x.shape, self.in_chans)
+    num_stages = len(self.dims)
+    group_sizes = per_stage(self.group_sizes, num_stages, "group_sizes")
+    intervals = per_stage(self.intervals, num_stages, "intervals")
+    drop_path = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
+    block_cls = nn.remat(CrossFormerBlock, static_argnums=(2,)) if self.remat else CrossFormerBlock
+
+    x = CrossScaleEmbedding(self.dims[0], tuple(self.patch_sizes), stride=4,
+                            use_norm=self.patch_norm, dtype=self.dtype, name="patch_embed")(
+                                x.astype(self.dtype))
+    x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
+    features, block_index = {}, 0
+    for stage in range(max(self.out_indices) + 1):
+      for b in range(self.depths[stage]):
+        x = block_cls(self.stage_heads[stage], group_sizes[stage], intervals[stage],
+                      long_distance=b % 2 == 1, lda_mode=self.lda_mode, mlp_ratio=self.mlp_ratio,
+                      qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
+                      drop_path=float(drop_path[block_index]), dtype=self.dtype,
+                      name=f"layers_{stage}_blocks_{b}")(x, train)
+        block_index += 1
+      if stage in self.out_indices:
+        features[f"stage_{stage + 1}"] = x
+      if stage < num_stages - 1 and stage < max(self.out_indices):
+        x = CrossScaleEmbedding(self.dims[stage + 1], tuple(self.merge_sizes[stage]), stride=2,
+                                norm_first=True, use_norm=True, conv_name="reductions",
+                                dtype=self.dtype, name=f"layers_{stage}_downsample")(x)
+    return features
+
+
+class CrossFormer(nn.Module):
+  """CrossFormer image classifier (the seed API): backbone, LayerNorm, mean pool, linear head.
+
+  ``CrossFormer(num_classes=1000, dim=(64, 128, 256, 512), depth=(2, 2, 8, 2),
+  global_window_size=(8, 4, 2, 1), local_window_size=7)``; ``dim`` is the per-stage width, ``depth``
+  the blocks per stage, ``global_window_size`` the LDA interval per stage and ``local_window_size`` the
+  SDA group size (an int or one per stage). Takes NHWC images, returns logits.
+  """
+  num_classes: int = 1000
+  dim: Sequence[int] = (64, 128, 256, 512)
+  depth: Sequence[int] = (2, 2, 8, 2)
+  global_window_size: IntOrSeq = (8, 4, 2, 1)
+  local_window_size: IntOrSeq = 7
+  num_heads: Optional[Sequence[int]] = None
+  patch_sizes: Sequence[int] = (4, 8, 16, 32)
+  merge_sizes: Sequence[Sequence[int]] = ((2, 4), (2, 4), (2, 4))
+  mlp_ratio: float = 4.0
+  qkv_bias: bool = True
+  qk_scale: Optional[float] = None
+  patch_norm: bool = True
+  drop_rate: float = 0.0
+  drop_path_rate: float = 0.0
+  lda_mode: str = "v1"
+  in_chans: int = 3
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+
+  def backbone_kwargs(self) -> Dict[str, Any]:
+    """The :class:`CrossFormerBackbone` arguments equivalent to this classifier's trunk."""
+    return dict(dims=tuple(self.dim), depths=tuple(self.depth), num_heads=self.num_heads,
+                group_sizes=self.local_window_size, intervals=self.global_window_size,
+                patch_sizes=tuple(self.patch_sizes), merge_sizes=tuple(map(tuple, self.merge_sizes)),
+                mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
+                patch_norm=self.patch_norm, drop_rate=self.drop_rate,
+                drop_path_rate=self.drop_path_rate, lda_mode=self.lda_mode, in_chans=self.in_chans,
+                remat=self.remat, dtype=self.dtype)
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False, return_features: bool = False):
+    kwargs = self.backbone_kwargs()
+    last = len(kwargs["dims"]) - 1
+    feats = CrossFormerBackbone(**kwargs, out_indices=(last,), name="backbone")(x, train)
+    x = LayerNorm(dtype=self.dtype, name="norm")(feats[f"stage_{last + 1}"])
+    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    logits = nn.Dense(self.num_classes, name="output_projection")(pooled)
+    return (logits, pooled) if return_features else logits
+

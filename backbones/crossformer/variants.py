@@ -1,0 +1,24 @@
+"""Official CrossFormer variants (reference section 1.4), as :class:`CrossFormerBackbone` arguments."""
+
+from typing import Any, Dict
+
+_COMMON = dict(group_sizes=(7, 7, 7, 7), intervals=(8, 4, 2, 1), patch_sizes=(4, 8, 16, 32),
+               merge_sizes=((2, 4), (2, 4), (2, 4)), mlp_ratio=4.0)
+
+VARIANTS: Dict[str, Dict[str, Any]] = {
+    "crossformer_t": dict(dims=(64, 128, 256, 512), depths=(1, 1, 8, 6), num_heads=(2, 4, 8, 16),
+                          drop_path_rate=0.1),
+    "crossformer_s": dict(dims=(96, 192, 384, 768), depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+                          drop_path_rate=0.2),
+    "crossformer_b": dict(dims=(96, 192, 384, 768), depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24),
+                          drop_path_rate=0.3),
+    "crossformer_l": dict(dims=(128, 256, 512, 1024), depths=(2, 2, 18, 2),
+                          num_heads=(4, 8, 16, 32), drop_path_rate=0.5),
+}
+
+
+def variant_kwargs(name: str) -> Dict[str, Any]:
+  """The backbone arguments of a named variant (a fresh dict)."""
+  if name not in VARIANTS:
+    raise ValueError(f"unknown CrossFormer variant {name!r}; available: {sorted(VARIANTS)}")
+  return {**_COMMON, **VARIANTS[name]}

@@ -1,0 +1,27 @@
+"""Test-session set-up: four virtual CPU devices, a persistent compilation cache, shared fixtures."""
+
+import os
+import pathlib
+
+# Must happen before JAX is imported anywhere: multi-device tests shard over 4 virtual CPU devices.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO_ROOT / ".cache" / "jax"))
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "crossformer"
+
+
+@pytest.fixture(scope="session")
+def official_fixtures_dir() -> pathlib.Path:
+  """The official-output fixtures in ``../shared``; skips the test when that folder is absent."""
+  if not SHARED_FIXTURES.is_dir():
+    pytest.skip(f"official parity fixtures not found at {SHARED_FIXTURES} "
+                "(they live in the shared/ folder beside the checkout)")
+  return SHARED_FIXTURES
