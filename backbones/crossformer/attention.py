@@ -24,7 +24,7 @@ class DynamicPosBias(nn.Module):
   @nn.compact
   def __call__(self, group_hw: Tuple[int, int]) -> jnp.ndarray:
     table, index = relative_offsets(group_hw)
-    # Always float32: the MLP is tiny and its inputs are integers up to 2G.
+    # In the parameters' precision (float32, or float64 under x64): the MLP is tiny.
     pos = nn.Dense(self.pos_dim, name="pos_proj")(jnp.asarray(table))
     for i, width in ((1, self.pos_dim), (2, self.pos_dim), (3, self.num_heads)):
       pos = LayerNorm(name=f"pos{i}_norm")(pos)
@@ -54,7 +54,9 @@ class GroupAttention(nn.Module):
     qkv = nn.Dense(3 * c, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
     qkv = qkv.reshape(b, ng, n, 3, self.num_heads, head_dim)
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-    scores = jnp.einsum("bgqhd,bgkhd->bghqk", q * scale, k).astype(jnp.float32)
+    # Softmax in at least float32, also when computing in bfloat16.
+    softmax_dtype = jnp.promote_types(self.dtype, jnp.float32)
+    scores = jnp.einsum("bgqhd,bgkhd->bghqk", q * scale, k).astype(softmax_dtype)
     scores = scores + DynamicPosBias(self.num_heads, c // 16, name="pos")(group_hw)
     if key_bias is not None:
       scores = scores + jnp.asarray(key_bias)[None, :, None, None, :]

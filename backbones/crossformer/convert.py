@@ -7,7 +7,7 @@ backbone checkpoint, or an mmdet/mmseg checkpoint (``{'state_dict': ...}``, keys
 
 import logging
 import re
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import flax
 import flax.linen as nn
@@ -122,31 +122,16 @@ def expected_param_shapes(module: nn.Module) -> Dict[Tuple[str, ...], Tuple[int,
   return {path: tuple(v.shape) for path, v in flat.items()}
 
 
-def from_official(state_dict: Mapping[str, Any], *, model: str = "auto", lda_mode: str = "v1",
-                  strict: bool = True, **official_kwargs) -> Tuple[nn.Module, Dict[str, Any]]:
-  """Builds the Flax module and its variables from an official CrossFormer state_dict.
+def convert_state_dict(state_dict: Mapping[str, Any], module: nn.Module,
+                       strict: bool = True) -> Dict[str, Any]:
+  """Official state_dict -> ``{'params': ...}`` for ``module`` (a backbone or a classifier).
 
-  Args:
-    state_dict: official keys -> arrays (numpy or torch tensors); checkpoint wrappers and the mmdet/mmseg
-      ``backbone.`` prefix are accepted.
-    model: ``"backbone"`` (the dense :class:`CrossFormerBackbone`), ``"classifier"`` (:class:`CrossFormer`)
-      or ``"auto"`` (classifier when the checkpoint has ``head.weight``).
-    lda_mode: ``"v1"`` for the released checkpoints, ``"main"`` for the CrossFormer++ code's semantics.
-    strict: raise on missing, unexpected or mis-shaped keys (otherwise only log them).
-    **official_kwargs: the official constructor's keyword arguments (``embed_dim``, ``depths``, ...).
-
-  Returns:
-    ``(module, {'params': params})``.
+  The DPB buffers are dropped; a classification head is dropped (and logged) when ``module`` is a
+  backbone. With ``strict``, missing, unexpected or mis-shaped keys raise a ``ValueError`` listing them.
   """
   sd = unwrap_state_dict(state_dict)
-  if model not in ("auto", "backbone", "classifier"):
-    raise ValueError(f"model must be 'auto', 'backbone' or 'classifier', got {model!r}")
-  classifier = model == "classifier" or (model == "auto" and "head.weight" in sd)
-  if classifier and "num_classes" not in official_kwargs and "head.weight" in sd:
-    official_kwargs["num_classes"] = sd["head.weight"].shape[0]
-  module = module_from_official(official_kwargs, classifier, lda_mode)
+  classifier = isinstance(module, CrossFormer)
   expected = expected_param_shapes(module)
-
   params, unexpected, mismatched, dropped = {}, [], [], []
   for key, value in sd.items():
     if key.endswith(_BUFFER_SUFFIXES):
@@ -172,8 +157,7 @@ def from_official(state_dict: Mapping[str, Any], *, model: str = "auto", lda_mod
       params[full] = np.asarray(converted, dtype=np.float32)
   missing = ["/".join(p) for p in expected if p not in params]
   if dropped:
-    logging.info("from_official: dropped %d classification-head keys (%s)", len(dropped),
-                 ", ".join(sorted(dropped)))
+    logging.info("dropped %d classification-head keys (%s)", len(dropped), ", ".join(sorted(dropped)))
   problems = [(title, items) for title, items in (("missing", missing), ("unexpected", unexpected),
                                                   ("shape mismatch", mismatched)) if items]
   if problems:
@@ -181,5 +165,53 @@ def from_official(state_dict: Mapping[str, Any], *, model: str = "auto", lda_mod
                         + (" ..." if len(items) > 20 else "") for title, items in problems)
     if strict:
       raise ValueError(f"checkpoint does not fit {type(module).__name__}: {message}")
-    logging.warning("from_official: %s", message)
-  return module, {"params": flax.traverse_util.unflatten_dict(params)}
+    logging.warning("checkpoint conversion: %s", message)
+  return {"params": flax.traverse_util.unflatten_dict(params)}
+
+
+def from_official(state_dict: Mapping[str, Any], *, model: str = "auto", lda_mode: str = "v1",
+                  strict: bool = True, **official_kwargs) -> Tuple[nn.Module, Dict[str, Any]]:
+  """Builds the Flax module and its variables from an official CrossFormer state_dict.
+
+  Args:
+    state_dict: official keys -> arrays (numpy or torch tensors); checkpoint wrappers and the mmdet/mmseg
+      ``backbone.`` prefix are accepted.
+    model: ``"backbone"`` (the dense :class:`CrossFormerBackbone`), ``"classifier"`` (:class:`CrossFormer`)
+      or ``"auto"`` (classifier when the checkpoint has ``head.weight``).
+    lda_mode: ``"v1"`` for the released checkpoints, ``"main"`` for the CrossFormer++ code's semantics.
+    strict: raise on missing, unexpected or mis-shaped keys (otherwise only log them).
+    **official_kwargs: the official constructor's keyword arguments (``embed_dim``, ``depths``, ...).
+
+  Returns:
+    ``(module, {'params': params})``.
+  """
+  if model not in ("auto", "backbone", "classifier"):
+    raise ValueError(f"model must be 'auto', 'backbone' or 'classifier', got {model!r}")
+  sd = unwrap_state_dict(state_dict)
+  classifier = model == "classifier" or (model == "auto" and "head.weight" in sd)
+  if classifier and "num_classes" not in official_kwargs and "head.weight" in sd:
+    official_kwargs["num_classes"] = sd["head.weight"].shape[0]
+  module = module_from_official(official_kwargs, classifier, lda_mode)
+  return module, convert_state_dict(sd, module, strict)
+
+
+def read_official_checkpoint(path: str) -> Dict[str, np.ndarray]:
+  """Reads an official checkpoint file: ``.pth``/``.pt`` (needs torch) or ``.npz`` of state_dict keys.
+
+  An ``.npz`` whose keys start with ``sd/`` (the parity fixtures' layout) is read from those keys only.
+  """
+  if str(path).endswith(".npz"):
+    with np.load(path) as data:
+      keys = [k for k in data.files if k.startswith("sd/")] or list(data.files)
+      return {k[3:] if k.startswith("sd/") else k: data[k] for k in keys}
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError(f"reading {path} needs PyTorch (`pip install torch`), or convert it to .npz "
+                      "elsewhere with numpy.savez(path, **state_dict)") from e
+  try:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception:  # released checkpoints also pickle their yacs config: trusted files only
+    logging.warning("%s holds more than tensors; loading it with weights_only=False", path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+  return unwrap_state_dict(checkpoint)

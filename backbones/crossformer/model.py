@@ -196,7 +196,7 @@ class CrossFormer(nn.Module):
     last = len(kwargs["dims"]) - 1
     feats = CrossFormerBackbone(**kwargs, out_indices=(last,), name="backbone")(x, train)
     x = LayerNorm(dtype=self.dtype, name="norm")(feats[f"stage_{last + 1}"])
-    pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    pooled = jnp.mean(x.astype(jnp.promote_types(self.dtype, jnp.float32)), axis=(1, 2))
     logits = nn.Dense(self.num_classes, name="output_projection")(pooled)
     return (logits, pooled) if return_features else logits
 

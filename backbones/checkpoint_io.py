@@ -1,0 +1,66 @@
+"""Converted Flax checkpoints on disk: one msgpack file holding the module description and variables."""
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any, Dict, Tuple, Union
+
+import flax
+import flax.linen as nn
+import jax
+import numpy as np
+
+from backbones.crossformer.model import CrossFormer, CrossFormerBackbone
+
+FORMAT = "crossformer-jax/1"
+_MODULES = {"CrossFormerBackbone": CrossFormerBackbone, "CrossFormer": CrossFormer}
+# Module fields that describe the architecture (dtype, remat, out_indices are choices of the user).
+_RUNTIME_FIELDS = ("dtype", "remat", "out_indices", "parent", "name")
+PathLike = Union[str, os.PathLike]
+
+
+def _architecture(module: nn.Module) -> str:
+  """The module's architecture arguments as JSON (msgpack cannot hold tuples)."""
+  return json.dumps({f: getattr(module, f) for f in module.__dataclass_fields__
+                     if f not in _RUNTIME_FIELDS})
+
+
+def save_converted(path: PathLike, module: nn.Module, variables: Dict[str, Any]) -> pathlib.Path:
+  """Writes ``module``'s architecture and ``variables`` to ``path`` atomically (temp file + rename)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  payload = {"format": FORMAT, "module": type(module).__name__, "kwargs": _architecture(module),
+             "variables": jax.tree.map(np.asarray, variables)}
+  data = flax.serialization.msgpack_serialize(payload)
+  with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+    tmp.write(data)
+    tmp.flush()
+    os.fsync(tmp.fileno())
+  os.replace(tmp.name, path)
+  return path
+
+
+def load_converted(path: PathLike) -> Tuple[nn.Module, Dict[str, Any]]:
+  """Reads a file written by :func:`save_converted`: ``(module, variables)``."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"no converted CrossFormer checkpoint at {path}; make one with "
+                            "`python -m backbones.convert_checkpoint --input OFFICIAL.pth "
+                            f"--variant crossformer_s --output {path}`")
+  payload = flax.serialization.msgpack_restore(path.read_bytes())
+  if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    raise ValueError(f"{path} is not a converted CrossFormer checkpoint (format {FORMAT!r})")
+  kwargs = {k: _as_tuples(v) for k, v in json.loads(payload["kwargs"]).items()}
+  return _MODULES[payload["module"]](**kwargs), payload["variables"]
+
+
+def _as_tuples(value: Any) -> Any:
+  return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def load_backbone_params(path: PathLike) -> Dict[str, Any]:
+  """The dense backbone's ``params`` from a converted checkpoint (backbone or classifier)."""
+  module, variables = load_converted(path)
+  params = variables["params"]
+  return params["backbone"] if isinstance(module, CrossFormer) else params
