@@ -132,7 +132,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], module: nn.Module,
   sd = unwrap_state_dict(state_dict)
   classifier = isinstance(module, CrossFormer)
   expected = expected_param_shapes(module)
-  params, unexpected, mismatched, dropped = {}, [], [], []
+  params, unexpected, mismatched, dropped, seen = {}, [], [], [], set()
   for key, value in sd.items():
     if key.endswith(_BUFFER_SUFFIXES):
       continue
@@ -148,6 +148,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], module: nn.Module,
       unexpected.append(key)
       continue
     full = path + (name,)
+    seen.add(full)
     if full not in expected:
       unexpected.append(key)
     elif tuple(converted.shape) != expected[full]:
@@ -155,7 +156,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], module: nn.Module,
                         f"model expects {expected[full]}")
     else:
       params[full] = np.asarray(converted, dtype=np.float32)
-  missing = ["/".join(p) for p in expected if p not in params]
+  missing = ["/".join(p) for p in expected if p not in seen]
   if dropped:
     logging.info("dropped %d classification-head keys (%s)", len(dropped), ", ".join(sorted(dropped)))
   problems = [(title, items) for title, items in (("missing", missing), ("unexpected", unexpected),
