@@ -1,0 +1,102 @@
+"""PNGs of images with detections (coloured by class, with scores) and ground truth (white) drawn on them.
+
+``draw_detections`` works on any uint8 image; ``save_batch_pngs`` takes a detection batch (normalised, padded
+``inputs``) and the model's ``predict`` output (boxes in original-image pixels) and writes one PNG per real
+example, in the network-input frame cropped to the valid region.
+"""
+
+import colorsys
+import os
+from typing import List, Mapping, Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from projects.detection.data.transforms import IMAGE_MEAN, IMAGE_STD
+
+GT_COLOUR = (255, 255, 255)
+
+
+def class_colour(label: int) -> tuple:
+  """A saturated colour per class (golden-ratio hue steps, so neighbouring labels differ)."""
+  r, g, b = colorsys.hsv_to_rgb((label * 0.618033988749895) % 1.0, 0.85, 1.0)
+  return int(r * 255), int(g * 255), int(b * 255)
+
+
+def denormalize(inputs: np.ndarray, image_size: Sequence[int]) -> np.ndarray:
+  """A normalised ``(H, W, 3)`` network input back to uint8 RGB, cropped to its valid ``(h, w)``."""
+  h, w = int(image_size[0]), int(image_size[1])
+  pixels = np.asarray(inputs[:h, :w], np.float32) * np.asarray(IMAGE_STD) + np.asarray(IMAGE_MEAN)
+  return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+
+
+def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+                    scores: Optional[np.ndarray] = None, class_names: Optional[Sequence[str]] = None,
+                    gt_boxes: Optional[np.ndarray] = None, score_threshold: float = 0.3) -> np.ndarray:
+  """Returns a copy of ``image`` (uint8 RGB) with boxes drawn.
+
+  Args:
+    image: ``(h, w, 3)`` uint8.
+    boxes: ``(K, 4)`` xyxy detections in the pixels of ``image``.
+    labels: ``(K,)`` contiguous labels; entries < 0 are skipped.
+    scores: ``(K,)`` scores, drawn next to the names; detections below ``score_threshold`` are skipped.
+    class_names: names of the contiguous labels (default: the label number).
+    gt_boxes: ``(G, 4)`` ground-truth xyxy boxes, drawn in white underneath.
+    score_threshold: minimum score drawn.
+  """
+  canvas = Image.fromarray(np.asarray(image, np.uint8)).convert("RGB")
+  draw = ImageDraw.Draw(canvas)
+  for box in ([] if gt_boxes is None else np.asarray(gt_boxes, np.float32)):
+    draw.rectangle([float(v) for v in box], outline=GT_COLOUR, width=1)
+  scores = np.ones(len(labels), np.float32) if scores is None else np.asarray(scores)
+  order = np.argsort(scores, kind="stable")  # highest score drawn last, on top
+  for k in order:
+    label, score = int(labels[k]), float(scores[k])
+    if label < 0 or score < score_threshold:
+      continue
+    colour = class_colour(label)
+    x0, y0, x1, y1 = (float(v) for v in boxes[k])
+    draw.rectangle([x0, y0, x1, y1], outline=colour, width=2)
+    name = class_names[label] if class_names is not None else str(label)
+    draw.text((x0 + 2, max(y0 - 11, 0)), f"{name} {score:.2f}", fill=colour)
+  return np.asarray(canvas)
+
+
+def save_png(path: str, image: np.ndarray) -> str:
+  """Writes a uint8 RGB image as PNG (creating the folder); returns ``path``."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(np.asarray(image, np.uint8)).save(path, format="PNG")
+  return path
+
+
+def save_batch_pngs(out_dir: str, batch: Mapping[str, np.ndarray], predictions: Mapping[str, np.ndarray],
+                    class_names: Optional[Sequence[str]] = None, score_threshold: float = 0.3,
+                    max_images: Optional[int] = None) -> List[str]:
+  """One PNG per real example of a detection batch: ground truth and predictions in the input frame.
+
+  Args:
+    out_dir: output folder; files are ``<image id>.png``.
+    batch: a numpy detection batch (``inputs``, ``label`` with ``boxes``/``labels``/``image/id``/
+      ``image_size``/``scale``, ``batch_mask``).
+    predictions: numpy ``predict`` output for that batch: ``boxes`` in original pixels, ``scores``,
+      ``labels``, ``valid``.
+    class_names: names of the contiguous labels.
+    score_threshold: minimum score drawn.
+    max_images: stop after this many PNGs.
+  Returns:
+    The written paths.
+  """
+  label = batch["label"]
+  paths = []
+  for i in np.flatnonzero(np.asarray(batch["batch_mask"]) > 0)[:max_images]:
+    image = denormalize(batch["inputs"][i], label["image_size"][i])
+    scale_xy = np.tile(np.asarray(label["scale"][i], np.float32)[::-1], 2)  # (w, h, w, h)
+    valid = np.asarray(predictions["valid"][i]).astype(bool)
+    boxes = np.asarray(predictions["boxes"][i])[valid] * scale_xy
+    labels = np.asarray(predictions["labels"][i])[valid]
+    scores = np.asarray(predictions["scores"][i])[valid]
+    gt_boxes = np.asarray(label["boxes"][i])[np.asarray(label["labels"][i]) >= 0]
+    canvas = draw_detections(image, boxes, labels, scores, class_names, gt_boxes=gt_boxes,
+                             score_threshold=score_threshold)
+    paths.append(save_png(os.path.join(out_dir, f"{int(label['image/id'][i])}.png"), canvas))
+  return paths
