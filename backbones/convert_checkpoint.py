@@ -1,0 +1,56 @@
+"""Converts an official CrossFormer checkpoint (.pth needs torch; .npz does not) to a Flax .msgpack.
+
+    python -m backbones.convert_checkpoint --input crossformer-s.pth --variant crossformer_s \
+        --output crossformer_s.msgpack
+
+``--variant`` names the architecture; ``--official_kwargs`` takes the official constructor's
+arguments as JSON instead (as in the parity fixtures). Classification checkpoints keep their head
+unless ``--model backbone``; mmdet/mmseg checkpoints give their backbone.
+"""
+
+import argparse
+import json
+import sys
+from typing import Optional, Sequence
+
+import jax
+import numpy as np
+
+from backbones.checkpoint_io import save_converted
+from backbones.crossformer import convert
+from backbones.factory import create_model, list_models
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--input", required=True, help="official .pth/.pt or .npz state_dict")
+  parser.add_argument("--output", required=True, help="the .msgpack file to write")
+  arch = parser.add_mutually_exclusive_group(required=True)
+  arch.add_argument("--variant", choices=list_models())
+  arch.add_argument("--official_kwargs", help="JSON of the official constructor's arguments")
+  parser.add_argument("--model", default="auto", choices=("auto", "backbone", "classifier"))
+  parser.add_argument("--lda_mode", default="v1", choices=("v1", "main"))
+  return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+  """Runs the conversion and returns the path written."""
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  state_dict = convert.unwrap_state_dict(convert.read_official_checkpoint(args.input))
+  if args.official_kwargs:
+    module, variables = convert.from_official(state_dict, model=args.model, lda_mode=args.lda_mode,
+                                              **json.loads(args.official_kwargs))
+  else:
+    classifier = args.model == "classifier" or (args.model == "auto" and "head.weight" in state_dict)
+    num_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else 1000
+    module = create_model(args.variant, features_only=not classifier, num_classes=num_classes,
+                          lda_mode=args.lda_mode)
+    variables = convert.convert_state_dict(state_dict, module)
+  path = save_converted(args.output, module, variables)
+  n_params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(variables))
+  print(f"wrote {path}: {type(module).__name__} with {n_params:,} parameters")
+  return str(path)
+
+
+if __name__ == "__main__":
+  main()
