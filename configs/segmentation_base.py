@@ -1,0 +1,130 @@
+"""ADE20K semantic-segmentation recipes of the official CrossFormer code (reference §2.4), as configs.
+
+``semantic_fpn(variant)`` and ``upernet(variant)`` return complete job configs; the per-recipe files
+(``configs/fpn_crossformer_s_ade20k.py``, ...) are one-line ``get_config()`` wrappers and the tiny job
+(``configs/tiny_ade20k.py``) shrinks one. Trainer / optimizer keys come from ``configs.common``, model keys
+are those of ``projects.segmentation.model.SegmentationModel``, dataset keys those of
+``projects.segmentation.data.get_dataset``.
+
+Recipes:
+* Semantic FPN (``fpn_crossformer_*_ade20k_40k.py``, 80k iterations despite the name): FPN neck 256 x 4,
+  FPNHead 128 channels + dropout 0.1 + SyncBN, AdamW lr 1e-4 wd 1e-4, poly power 0.9 min_lr 0, batch 16.
+  v1's FPN-S and FPN-L use group sizes (14, 14, 7, 7) and intervals (16, 8, 2, 1); FPN-B (7, 7, 7, 7) and
+  (8, 4, 2, 1).
+* UPerNet (``upernet_crossformer_*_ade20k.py`` + ``schedule_160k``): UPerHead 512 channels, pool scales
+  (1, 2, 3, 6), FCN auxiliary head on stage 3 (256 channels, loss weight 0.4), AdamW lr 6e-5 betas (0.9, 0.999)
+  wd 0.01, poly power 1.0 min_lr 0 with 1500 warm-up iterations from ratio 1e-6, 160k iterations, batch 16.
+* Data: train ``Resize(2048, 512)`` ratio 0.5-2.0, random crop 512 x 512 (cat_max_ratio 0.75), flip 0.5,
+  photometric distortion, pad to 512; test ``AlignResize(2048, 512)`` keep-ratio to multiples of 32.
+* Loss: mmseg 0.x ``CrossEntropyLoss`` averages over *all* pixels (ignored ones count 0):
+  ``avg_non_ignore=False``.
+* Weight decay: this library never decays norms, biases and the backbone's DPB MLPs (``pos``). The official
+  UperNet excludes only norms (``paramwise_cfg`` norm decay_mult 0) and the official FPN excludes nothing;
+  reproduce those with ``--config.optimizer.no_decay_keywords='("norm",)' --config.optimizer.decay_1d=True``
+  (and ``no_decay_backbone_keywords='()'``).
+
+The released results use an ImageNet-pretrained backbone: set ``model.backbone.checkpoint`` to a converted
+checkpoint (``python -m backbones.convert_checkpoint``).
+"""
+
+from typing import Optional, Sequence
+
+import ml_collections
+from ml_collections import config_dict
+
+from configs import common
+
+NUM_CLASSES = 150
+# CrossFormer variant -> (backbone name, dense drop-path rate of the official factories; T has none: the
+# classification value 0.1 is used).
+BACKBONES = {
+    "t": ("crossformer_t", 0.1),
+    "s": ("crossformer_s", 0.2),
+    "b": ("crossformer_b", 0.3),
+    "l": ("crossformer_l", 0.5),
+}
+DEFAULT_GROUPS = ((7, 7, 7, 7), (8, 4, 2, 1))
+FPN_V1_GROUPS = {"s": ((14, 14, 7, 7), (16, 8, 2, 1)), "l": ((14, 14, 7, 7), (16, 8, 2, 1))}
+
+
+def backbone_config(variant: str, group_sizes: Sequence[int] = DEFAULT_GROUPS[0],
+                    intervals: Sequence[int] = DEFAULT_GROUPS[1], checkpoint: Optional[str] = None,
+                    **overrides) -> ml_collections.ConfigDict:
+  """``config.model.backbone`` for CrossFormer-``variant`` (t/s/b/l)."""
+  if variant not in BACKBONES:
+    raise ValueError(f"unknown CrossFormer variant {variant!r}; expected one of {sorted(BACKBONES)}")
+  name, drop_path_rate = BACKBONES[variant]
+  return ml_collections.ConfigDict(dict(
+      name=name,
+      overrides=dict(group_sizes=tuple(group_sizes), intervals=tuple(intervals), **overrides),
+      drop_path_rate=drop_path_rate,
+      lda_mode="v1",
+      remat=False,
+      # A converted ImageNet checkpoint loaded into params["backbone"] by the trainer.
+      checkpoint=checkpoint if checkpoint else config_dict.placeholder(str),
+  ))
+
+
+def dataset_config(**overrides) -> ml_collections.ConfigDict:
+  """``config.dataset``: the pipeline's defaults (the official mmseg recipe) with ``overrides``."""
+  from projects.segmentation.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = pipeline.default_dataset_config()
+  for key, value in overrides.items():
+    if key not in config:
+      raise ValueError(f"unknown dataset key {key!r}; known: {sorted(config.keys())}")
+    config[key] = value
+  if config.data_dir is None:
+    config.data_dir = config_dict.placeholder(str)  # settable with --config.dataset.data_dir=DIR
+  return config
+
+
+def _base(variant: str, num_training_steps: int, batch_size: int) -> ml_collections.ConfigDict:
+  config = common.trainer_config(num_training_steps, batch_size, eval_batch_size=batch_size,
+                                 log_summary_steps=50, log_eval_steps=num_training_steps // 10,
+                                 checkpoint_steps=4000)
+  config.experiment_name = ""
+  config.dataset = dataset_config()
+  # dict(num_train, num_val, seed, short_side, max_aspect, manual_dir) to generate and build the synthetic
+  # ADE20K stand-in into dataset.data_dir (default <workdir>/data) when missing (configs/tiny_ade20k.py).
+  config.synthetic_data = None
+  config.num_visualized_images = 4
+  config.l2_decay_factor = config_dict.placeholder(float)
+  config.model = ml_collections.ConfigDict(dict(
+      backbone=backbone_config(variant),
+      neck=None,
+      decode_head=None,
+      auxiliary_head=None,
+      dtype="float32",  # "bfloat16" for mixed precision (params stay float32)
+      norm_axis_name=None,  # None: BatchNorm statistics over the global batch (jit over global arrays)
+      avg_non_ignore=False,
+  ))
+  return config
+
+
+def semantic_fpn(variant: str, group_sizes: Optional[Sequence[int]] = None,
+                 intervals: Optional[Sequence[int]] = None) -> ml_collections.ConfigDict:
+  """Semantic FPN + CrossFormer-``variant`` on ADE20K, 80k iterations at batch 16."""
+  groups = FPN_V1_GROUPS.get(variant, DEFAULT_GROUPS)
+  config = _base(variant, num_training_steps=80_000, batch_size=16)
+  config.experiment_name = f"fpn_crossformer_{variant}_ade20k"
+  config.model.backbone = backbone_config(variant, group_sizes or groups[0], intervals or groups[1])
+  config.model.neck = ml_collections.ConfigDict(dict(out_channels=256, num_outs=4, start_level=0, norm="none"))
+  config.model.decode_head = ml_collections.ConfigDict(dict(
+      type="semantic_fpn", channels=128, feature_strides=(4, 8, 16, 32), dropout=0.1, norm="batch"))
+  config.optimizer = common.adamw(weight_decay=1e-4)
+  config.lr_schedule = common.poly_schedule(base_lr=1e-4, power=0.9, min_lr=0.0)
+  return config
+
+
+def upernet(variant: str) -> ml_collections.ConfigDict:
+  """UPerNet (+ FCN auxiliary head) + CrossFormer-``variant`` on ADE20K, 160k iterations at batch 16."""
+  config = _base(variant, num_training_steps=160_000, batch_size=16)
+  config.experiment_name = f"upernet_crossformer_{variant}_ade20k"
+  config.model.decode_head = ml_collections.ConfigDict(dict(
+      type="upernet", channels=512, pool_scales=(1, 2, 3, 6), dropout=0.1, norm="batch"))
+  config.model.auxiliary_head = ml_collections.ConfigDict(dict(
+      channels=256, in_index=2, num_convs=1, concat_input=False, dropout=0.1, norm="batch", loss_weight=0.4))
+  config.optimizer = common.adamw(weight_decay=0.01, b1=0.9, b2=0.999)
+  config.lr_schedule = common.poly_schedule(base_lr=6e-5, power=1.0, min_lr=0.0, warmup_steps=1500,
+                                            warmup_ratio=1e-6)
+  return config

@@ -1,0 +1,12 @@
+"""UPerNet + CrossFormer-S on ADE20K (official recipe, 160k iterations, batch 16).
+
+python -m projects.segmentation.main --config configs/upernet_crossformer_s_ade20k.py --workdir DIR \
+    --config.dataset.data_dir=TFDS_DIR --config.model.backbone.checkpoint=CONVERTED_IMAGENET_CKPT
+"""
+
+from configs import segmentation_base
+
+
+def get_config():
+  """Returns the job config."""
+  return segmentation_base.upernet("s")

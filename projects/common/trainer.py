@@ -1,0 +1,316 @@
+"""The task-agnostic trainer: ``train_and_evaluate(model, dataset, config, workdir, evaluator=...)``.
+
+Used by every job of the library (ADE20K segmentation, COCO detection). The task supplies a ``BaseModel``
+(network, ``loss_function``, ``get_metrics_fn``), a ``Dataset`` (``train_iter_fn(start_step)``,
+``eval_iter_fn()``, ``meta_data``) and optionally an ``evaluation.Evaluator``.
+
+Config keys read here (with defaults):
+  seed (0), batch_size (required), num_training_steps (required),
+  log_summary_steps (50), log_eval_steps (num_training_steps; <= 0 disables periodic evaluation),
+  steps_per_eval (None = a full pass), checkpoint (True), checkpoint_steps (1000),
+  max_checkpoints_to_keep (3), progress_bar (True), prefetch_to_device (2),
+  init_input_shape (None: from ``meta_data["input_shape"]`` or the first training batch),
+  model.dtype ("float32"; "bfloat16" casts the inputs, the model decides its compute dtype),
+  model.backbone.checkpoint (None: a converted ImageNet checkpoint for ``params["backbone"]``),
+  optimizer.* and lr_schedule.* (see ``optim``).
+
+Parallelism: one jitted step over global arrays on a 1-D data mesh (``sharding``): batches are split along
+the batch axis, the state is replicated, and reductions over the batch are global.
+"""
+
+import functools
+import os
+import time
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence
+
+from absl import logging
+from clu import metric_writers
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from projects.common import checkpoint as checkpoint_lib
+from projects.common import evaluation
+from projects.common import optim
+from projects.common import pretrained
+from projects.common import sharding
+from projects.common.base_model import BaseModel
+from projects.common.train_state import TrainState, count_params
+
+# hook(step, state, metrics): called after every train step with the step's device metrics.
+Hook = Callable[[int, TrainState, Mapping[str, Any]], None]
+
+
+class TrainResult(NamedTuple):
+  """What ``train_and_evaluate`` returns."""
+  state: TrainState
+  train_summary: Dict[str, float]
+  eval_summary: Dict[str, Any]
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  """The compute dtype named by ``config.model.dtype`` (float32 or bfloat16)."""
+  name = str(config.get("model", {}).get("dtype", "float32"))
+  if name not in ("float32", "bfloat16", "float16"):
+    raise ValueError(f"config.model.dtype must be float32, bfloat16 or float16, got {name!r}")
+  return jnp.dtype(name)
+
+
+def _cast_inputs(batch: Mapping[str, Any], dtype: jnp.dtype) -> Any:
+  inputs = batch["inputs"]
+  if jnp.issubdtype(inputs.dtype, jnp.floating) and inputs.dtype != dtype:
+    inputs = inputs.astype(dtype)
+  return inputs
+
+
+def _split_apply_output(result: Any, mutable: Sequence[str]):
+  if mutable:
+    return result
+  return result, {}
+
+
+def make_train_step(model: BaseModel, tx, schedule: optim.Schedule, dtype: jnp.dtype,
+                    rng_names: Sequence[str] = ("dropout",)) -> Callable[..., Any]:
+  """Returns the (un-jitted) ``train_step(state, batch) -> (state, metrics)``.
+
+  Metrics are ``{name: (sum, count)}`` from ``model.get_metrics_fn("train")`` plus ``loss`` and
+  ``learning_rate`` (as ``(value, 1)``).
+  """
+  metrics_fn = model.get_metrics_fn("train")
+
+  def train_step(state: TrainState, batch: Mapping[str, Any]):
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    rngs = {name: jax.random.fold_in(step_rng, i) for i, name in enumerate(rng_names)}
+    mutable = sorted(state.model_state.keys())
+    inputs = _cast_inputs(batch, dtype)
+
+    def loss_fn(params):
+      variables = {"params": params, **state.model_state}
+      result = model.flax_model.apply(variables, inputs, train=True, rngs=rngs,
+                                      mutable=mutable if mutable else False)
+      outputs, new_model_state = _split_apply_output(result, mutable)
+      loss = model.loss_function(outputs, batch, params)
+      if isinstance(loss, tuple):  # Scenic's detection convention: (total_loss, metrics)
+        loss = loss[0]
+      return loss, (outputs, new_model_state)
+
+    (loss, (outputs, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = jax.tree.map(jnp.add, state.params, updates)
+    metrics = dict(metrics_fn(outputs, batch))
+    metrics["loss"] = (loss, jnp.ones((), jnp.float32))
+    metrics["learning_rate"] = (schedule(state.step), jnp.ones((), jnp.float32))
+    new_state = state.replace(step=state.step + 1, params=new_params,
+                              model_state=dict(new_model_state), opt_state=new_opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: BaseModel, dtype: jnp.dtype,
+                   evaluator: Optional[evaluation.Evaluator] = None) -> Callable[..., Any]:
+  """Returns the (un-jitted) ``eval_step(state, batch) -> (metrics, evaluator.process_fn(...))``."""
+  metrics_fn = model.get_metrics_fn("validation")
+
+  def eval_step(state: TrainState, batch: Mapping[str, Any]):
+    outputs = model.flax_model.apply(state.variables(), _cast_inputs(batch, dtype), train=False)
+    metrics = metrics_fn(outputs, batch)
+    processed = evaluator.process_fn(outputs, batch) if evaluator is not None else None
+    return metrics, processed
+
+  return eval_step
+
+
+def make_predict_fn(model: BaseModel, mesh: jax.sharding.Mesh,
+                    dtype: jnp.dtype = jnp.float32) -> Callable[[Dict[str, Any], Any], Any]:
+  """Returns a jitted ``predict(variables, global_batch) -> outputs`` (``train=False``), batch-sharded."""
+  def predict(variables, batch):
+    return model.flax_model.apply(variables, _cast_inputs(batch, dtype), train=False)
+  return jax.jit(predict, in_shardings=(sharding.replicated_sharding(mesh), sharding.batch_sharding(mesh)))
+
+
+def _init_input_shape(config, dataset) -> tuple:
+  shape = config.get("init_input_shape", None) or dataset.meta_data.get("input_shape", None)
+  if shape is None:
+    first = next(iter(dataset.train_iter_fn(0)))
+    shape = np.shape(first["inputs"])
+  shape = tuple(int(s) for s in shape)
+  if len(shape) != 4:
+    raise ValueError(f"init input shape must be (batch, height, width, channels), got {shape}")
+  return (1,) + shape[1:]
+
+
+def initialize_state(model: BaseModel, config: ml_collections.ConfigDict, dataset: Any,
+                     tx, mesh: jax.sharding.Mesh, load_pretrained: bool = True) -> TrainState:
+  """Initialises params (with ``load_pretrained``, the backbone from ``config.model.backbone.checkpoint``),
+  the other collections and the optimizer state, replicated over ``mesh``."""
+  rng = jax.random.PRNGKey(int(config.get("seed", 0)))
+  init_rng, train_rng = jax.random.split(rng)
+  input_shape = _init_input_shape(config, dataset)
+  replicated = sharding.replicated_sharding(mesh)
+
+  @functools.partial(jax.jit, out_shardings=replicated)
+  def init_variables(key):
+    params_key, dropout_key = jax.random.split(key)
+    return model.flax_model.init({"params": params_key, "dropout": dropout_key},
+                                 jnp.zeros(input_shape, jnp.float32), train=True)
+
+  variables = dict(init_variables(init_rng))
+  params = variables.pop("params")
+  backbone_ckpt = config.get("model", {}).get("backbone", {}).get("checkpoint", None)
+  if backbone_ckpt and load_pretrained:
+    params = sharding.replicate(pretrained.load_pretrained_backbone(dict(params), backbone_ckpt), mesh)
+  num_params = count_params(params)
+  logging.info("model parameters: %d (%.2f M)", num_params, num_params / 1e6)
+  if "backbone" in params:
+    num_bb = count_params(params["backbone"])
+    logging.info("backbone parameters: %d (%.2f M)", num_bb, num_bb / 1e6)
+  opt_state = jax.jit(tx.init, out_shardings=replicated)(params)
+  return TrainState(step=sharding.replicate(jnp.zeros((), jnp.int32), mesh), params=params,
+                    model_state=variables, opt_state=opt_state,
+                    rng=sharding.replicate(train_rng, mesh))
+
+
+def _write_scalars(writer, step: int, prefix: str, values: Mapping[str, Any]) -> None:
+  scalars = {f"{prefix}/{k}": v for k, v in evaluation.scalar_results(values).items()}
+  if scalars:
+    writer.write_scalars(step, scalars)
+
+
+def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.ConfigDict, workdir: str,
+                       evaluator: Optional[evaluation.Evaluator] = None, *,
+                       mesh: Optional[jax.sharding.Mesh] = None,
+                       hooks: Sequence[Hook] = (),
+                       writer: Optional[metric_writers.MetricWriter] = None) -> TrainResult:
+  """Trains ``model`` on ``dataset`` as ``config`` says, evaluating periodically and at the end.
+
+  Resumes from the latest checkpoint in ``workdir/checkpoints`` when there is one; the resumed run
+  reproduces the uninterrupted one (data order from ``train_iter_fn(start_step)``, per-step rng
+  ``fold_in(rng, step)``).
+
+  Args:
+    model: the task model (``BaseModel``).
+    dataset: ``Dataset(train_iter_fn, eval_iter_fn, meta_data)``; ``eval_iter_fn`` may be ``None`` when no
+      evaluation is wanted.
+    config: the job config (keys in the module docstring).
+    workdir: checkpoints go to ``workdir/checkpoints``, TensorBoard events to ``workdir``.
+    evaluator: task evaluation (mIoU, COCO AP); without it only the model's metrics are evaluated.
+    mesh: the device mesh (default: all devices, ``sharding.create_mesh()``).
+    hooks: callables ``hook(step, state, metrics)`` run after every step (tests, custom logging). The state
+      is donated to the next step: a hook must copy what it keeps (``jax.device_get``) before returning.
+    writer: a metric writer (default: ``clu`` TensorBoard writer in ``workdir``, logging-only on
+      processes other than 0).
+
+  Returns:
+    ``TrainResult(state, train_summary, eval_summary)`` with the final state, the last logged train
+    metrics and the last evaluation results (including non-scalar evaluator results).
+  """
+  if not config.get("batch_size"):
+    raise ValueError("config.batch_size (global batch size) is required")
+  num_steps = int(config.get("num_training_steps", 0))
+  if num_steps <= 0:
+    raise ValueError(f"config.num_training_steps must be positive, got {num_steps}")
+  mesh = mesh or sharding.create_mesh()
+  global_batch = int(config.batch_size)
+  sharding.process_batch_size(global_batch, mesh)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if writer is None:
+    writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  dtype = compute_dtype(config)
+  log_every = max(1, int(config.get("log_summary_steps", 50)))
+  eval_every = int(config.get("log_eval_steps", num_steps) or 0)
+  steps_per_eval = config.get("steps_per_eval", None)
+
+  schedule = optim.create_lr_schedule(config.lr_schedule, num_steps)
+  tx = optim.create_optimizer(config, schedule)
+  checkpointer = None
+  if config.get("checkpoint", True):
+    checkpointer = checkpoint_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"), save_every_steps=int(config.get("checkpoint_steps", 1000)),
+        max_to_keep=config.get("max_checkpoints_to_keep", 3))
+  resuming = checkpointer is not None and checkpointer.latest_step() is not None
+  state = initialize_state(model, config, dataset, tx, mesh, load_pretrained=not resuming)
+  mask_counts = optim.describe_mask(optim.config_weight_decay_mask(config.optimizer, state.params))
+  logging.info("weight decay on %(decayed)d parameter arrays, none on %(not_decayed)d", mask_counts)
+
+  if checkpointer is not None:
+    state = checkpointer.restore_or_keep(state)
+  start_step = int(jax.device_get(state.step))
+  if start_step:
+    logging.info("resuming at step %d", start_step)
+  if is_main and start_step == 0:
+    writer.write_scalars(0, {"num_params": float(count_params(state.params))})
+
+  replicated = sharding.replicated_sharding(mesh)
+  batch_spec = sharding.batch_sharding(mesh)
+  train_step = jax.jit(make_train_step(model, tx, schedule, dtype,
+                                       tuple(config.get("rng_names", ("dropout",)))),
+                       in_shardings=(replicated, batch_spec), out_shardings=(replicated, replicated),
+                       donate_argnums=(0,))
+  eval_step = jax.jit(make_eval_step(model, dtype, evaluator), in_shardings=(replicated, batch_spec))
+
+  def evaluate(step: int) -> Dict[str, Any]:
+    if dataset.eval_iter_fn is None:
+      return {}
+    start = time.time()
+    results = evaluation.run_evaluation(eval_step, state, dataset.eval_iter_fn(),
+                                        functools.partial(sharding.shard_batch, mesh=mesh), evaluator,
+                                        max_batches=steps_per_eval)
+    results["duration_s"] = time.time() - start
+    _write_scalars(writer, step, "eval", results)
+    writer.flush()
+    logging.info("eval at step %d: %s", step, evaluation.scalar_results(results))
+    return results
+
+  train_summary: Dict[str, float] = {}
+  eval_summary: Dict[str, Any] = {}
+  accumulator = evaluation.MetricsAccumulator()
+  batches = sharding.prefetch_to_mesh(dataset.train_iter_fn(start_step), mesh,
+                                      size=int(config.get("prefetch_to_device", 2)))
+  progress = tqdm.tqdm(total=num_steps, initial=start_step, desc="train", unit="step",
+                       disable=not (is_main and config.get("progress_bar", True)), dynamic_ncols=True)
+  interval_start, interval_examples = time.time(), 0
+  try:
+    for step in range(start_step + 1, num_steps + 1):
+      try:
+        batch = next(batches)
+      except StopIteration:
+        raise ValueError(f"the training iterator ended before step {step} of {num_steps}") from None
+      state, metrics = train_step(state, batch)
+      accumulator.add(metrics)
+      interval_examples += global_batch
+      for hook in hooks:
+        hook(step, state, metrics)
+      if step == start_step + 1:
+        jax.block_until_ready(state)
+        compile_s = time.time() - interval_start
+        logging.info("first train step (compilation included) took %.1f s", compile_s)
+        if is_main:
+          writer.write_scalars(step, {"train/first_step_seconds": compile_s})
+        interval_start, interval_examples = time.time(), 0
+      if step % log_every == 0 or step == num_steps:
+        train_summary = accumulator.result()  # fetches: the interval's work is done after this
+        elapsed = max(time.time() - interval_start, 1e-9)
+        if interval_examples:
+          train_summary["images_per_sec"] = interval_examples / elapsed
+        interval_start, interval_examples = time.time(), 0
+        _write_scalars(writer, step, "train", train_summary)
+        progress.set_postfix(loss=f"{train_summary['loss']:.4f}",
+                             img_s=f"{train_summary.get('images_per_sec', 0.0):.1f}")
+      progress.update(1)
+      if checkpointer is not None:
+        checkpointer.save(step, state, force=(step == num_steps))
+      if (eval_every > 0 and step % eval_every == 0) or step == num_steps:
+        eval_summary = evaluate(step)
+        interval_start = time.time()
+    if start_step >= num_steps and not eval_summary:
+      eval_summary = evaluate(num_steps)
+  finally:
+    progress.close()
+    if checkpointer is not None:
+      checkpointer.close()
+    writer.flush()
+  return TrainResult(state=state, train_summary=train_summary, eval_summary=eval_summary)

@@ -1,0 +1,83 @@
+"""Pictures of segmentation results: rows of ``image | ground truth | prediction`` saved as one PNG."""
+
+import os
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from projects.segmentation.data import ade20k_classes
+
+# Normalisation of the batches (docs/CONTRACTS.md), undone for display.
+PIXEL_MEAN = np.asarray((123.675, 116.28, 103.53), np.float32)
+PIXEL_STD = np.asarray((58.395, 57.12, 57.375), np.float32)
+IGNORE_COLOR = (0, 0, 0)
+_GAP = 4
+
+
+def palette(num_classes: int = ade20k_classes.NUM_CLASSES) -> np.ndarray:
+  """(num_classes, 3) uint8 colours: mmseg's ADE20K palette, extended deterministically if needed."""
+  colors = np.asarray(ade20k_classes.PALETTE, np.uint8)
+  if num_classes > len(colors):
+    extra = np.random.default_rng(0).integers(0, 256, size=(num_classes - len(colors), 3), dtype=np.uint8)
+    colors = np.concatenate([colors, extra])
+  return colors[:num_classes]
+
+
+def colorize(label: np.ndarray, colors: Optional[np.ndarray] = None) -> np.ndarray:
+  """(H, W) class indices -> (H, W, 3) uint8 RGB; negative (ignored) pixels are black."""
+  label = np.asarray(label)
+  colors = palette() if colors is None else np.asarray(colors, np.uint8)
+  if label.size and label.max() >= len(colors):
+    raise ValueError(f"label value {int(label.max())} has no colour (palette of {len(colors)} classes)")
+  rgb = colors[np.clip(label, 0, len(colors) - 1)]
+  rgb[label < 0] = IGNORE_COLOR
+  return rgb
+
+
+def denormalize(image: np.ndarray) -> np.ndarray:
+  """A normalised (H, W, 3) float image back to uint8 RGB."""
+  return np.clip(np.asarray(image, np.float32) * PIXEL_STD + PIXEL_MEAN, 0, 255).astype(np.uint8)
+
+
+def comparison_panel(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+                     image_sizes: Optional[np.ndarray] = None,
+                     colors: Optional[np.ndarray] = None) -> np.ndarray:
+  """Stacks one ``image | ground truth | prediction`` row per example into a uint8 (H', W', 3) panel.
+
+  Args:
+    images: (B, H, W, 3) normalised inputs.
+    labels: (B, H, W) ground truth (-1 = ignore, drawn black).
+    predictions: (B, H, W) predicted classes.
+    image_sizes: optional (B, 2) valid (h, w) of each example; the bucket padding is cropped away.
+    colors: the class palette (default: ADE20K's).
+  """
+  images, labels, predictions = np.asarray(images), np.asarray(labels), np.asarray(predictions)
+  if not images.shape[:3] == labels.shape == predictions.shape:
+    raise ValueError(f"shapes differ: images {images.shape}, labels {labels.shape}, "
+                     f"predictions {predictions.shape}")
+  rows = []
+  for i in range(images.shape[0]):
+    h, w = (images.shape[1:3] if image_sizes is None else (int(image_sizes[i][0]), int(image_sizes[i][1])))
+    gap = np.full((h, _GAP, 3), 255, np.uint8)
+    rows.append(np.concatenate([denormalize(images[i, :h, :w]), gap, colorize(labels[i, :h, :w], colors), gap,
+                                colorize(predictions[i, :h, :w], colors)], axis=1))
+  width = max(r.shape[1] for r in rows)
+  padded = []
+  for r in rows:
+    padded.append(np.pad(r, ((0, _GAP), (0, width - r.shape[1]), (0, 0)), constant_values=255))
+  return np.concatenate(padded, axis=0)
+
+
+def save_png(path: str, panel: np.ndarray) -> str:
+  """Writes ``panel`` (H, W, 3) uint8 to ``path`` (folders created); returns the path."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(np.asarray(panel, np.uint8)).save(path)
+  return path
+
+
+def class_legend(class_ids: Sequence[int], class_names: Sequence[str],
+                 colors: Optional[np.ndarray] = None) -> Tuple[Tuple[str, Tuple[int, int, int]], ...]:
+  """``(name, rgb)`` of ``class_ids`` (e.g. the classes present in a panel), for captions."""
+  colors = palette(len(class_names)) if colors is None else colors
+  return tuple((class_names[c], tuple(int(v) for v in colors[c])) for c in class_ids)
