@@ -12,3 +12,9 @@ def normalize_image(image: np.ndarray) -> np.ndarray:
   if image.shape[-1] != 3:
     raise ValueError(f"expected an RGB image with 3 channels last, got shape {image.shape}")
   return (image - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
+
+
+def denormalize_image(image: np.ndarray) -> np.ndarray:
+  """Inverse of :func:`normalize_image`, for display: float ``(..., 3)`` -> uint8 RGB."""
+  pixels = np.asarray(image, np.float32) * np.asarray(IMAGENET_STD, np.float32)
+  return np.clip(pixels + np.asarray(IMAGENET_MEAN, np.float32), 0, 255).astype(np.uint8)

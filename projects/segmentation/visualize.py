@@ -6,11 +6,9 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from backbones.preprocess import denormalize_image
 from projects.segmentation.data import ade20k_classes
 
-# Normalisation of the batches (docs/CONTRACTS.md), undone for display.
-PIXEL_MEAN = np.asarray((123.675, 116.28, 103.53), np.float32)
-PIXEL_STD = np.asarray((58.395, 57.12, 57.375), np.float32)
 IGNORE_COLOR = (0, 0, 0)
 _GAP = 4
 
@@ -35,11 +33,6 @@ def colorize(label: np.ndarray, colors: Optional[np.ndarray] = None) -> np.ndarr
   return rgb
 
 
-def denormalize(image: np.ndarray) -> np.ndarray:
-  """A normalised (H, W, 3) float image back to uint8 RGB."""
-  return np.clip(np.asarray(image, np.float32) * PIXEL_STD + PIXEL_MEAN, 0, 255).astype(np.uint8)
-
-
 def comparison_panel(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
                      image_sizes: Optional[np.ndarray] = None,
                      colors: Optional[np.ndarray] = None) -> np.ndarray:
@@ -60,7 +53,7 @@ def comparison_panel(images: np.ndarray, labels: np.ndarray, predictions: np.nda
   for i in range(images.shape[0]):
     h, w = (images.shape[1:3] if image_sizes is None else (int(image_sizes[i][0]), int(image_sizes[i][1])))
     gap = np.full((h, _GAP, 3), 255, np.uint8)
-    rows.append(np.concatenate([denormalize(images[i, :h, :w]), gap, colorize(labels[i, :h, :w], colors), gap,
+    rows.append(np.concatenate([denormalize_image(images[i, :h, :w]), gap, colorize(labels[i, :h, :w], colors), gap,
                                 colorize(predictions[i, :h, :w], colors)], axis=1))
   width = max(r.shape[1] for r in rows)
   padded = []

@@ -16,8 +16,8 @@ from typing import Sequence, Tuple
 
 import tensorflow as tf
 
-MEAN_RGB = (123.675, 116.28, 103.53)
-STD_RGB = (58.395, 57.12, 57.375)
+from backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
 IGNORE_LABEL = -1
 RAW_IGNORE = 0  # ADE20K's "other" in the annotation PNGs.
 
@@ -172,7 +172,7 @@ def photometric_distortion(image: tf.Tensor, seed: tf.Tensor, brightness_delta: 
 
 def normalize(image: tf.Tensor) -> tf.Tensor:
   """mmseg ``Normalize`` with the ImageNet RGB mean and std on 0-255 pixels."""
-  return (image - tf.constant(MEAN_RGB, tf.float32)) / tf.constant(STD_RGB, tf.float32)
+  return (image - tf.constant(IMAGENET_MEAN, tf.float32)) / tf.constant(IMAGENET_STD, tf.float32)
 
 
 def reduce_zero_label(label: tf.Tensor) -> tf.Tensor:
