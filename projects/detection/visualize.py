@@ -1,13 +1,14 @@
 """PNGs of images with detections (coloured by class, with scores) and ground truth (white) drawn on them.
 
-``draw_detections`` works on any uint8 image; ``save_batch_pngs`` takes a detection batch (normalised, padded
-``inputs``) and the model's ``predict`` output (boxes in original-image pixels) and writes one PNG per real
-example, in the network-input frame cropped to the valid region.
+``draw_detections`` works on any uint8 image; ``draw_batch`` takes a detection batch (normalised, padded
+``inputs``) and the model's ``predict`` output (boxes in original-image pixels) and draws every real example in
+the network-input frame cropped to the valid region; ``save_batch_pngs`` writes those as one PNG each and
+``tile_images`` puts several side by side (the detection job's ``detections.png``).
 """
 
 import colorsys
 import os
-from typing import List, Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -69,25 +70,24 @@ def save_png(path: str, image: np.ndarray) -> str:
   return path
 
 
-def save_batch_pngs(out_dir: str, batch: Mapping[str, np.ndarray], predictions: Mapping[str, np.ndarray],
-                    class_names: Optional[Sequence[str]] = None, score_threshold: float = 0.3,
-                    max_images: Optional[int] = None) -> List[str]:
-  """One PNG per real example of a detection batch: ground truth and predictions in the input frame.
+def draw_batch(batch: Mapping[str, np.ndarray], predictions: Mapping[str, np.ndarray],
+               class_names: Optional[Sequence[str]] = None, score_threshold: float = 0.3,
+               max_images: Optional[int] = None) -> List[Tuple[int, np.ndarray]]:
+  """Ground truth and predictions drawn on each real example of a detection batch, in the input frame.
 
   Args:
-    out_dir: output folder; files are ``<image id>.png``.
     batch: a numpy detection batch (``inputs``, ``label`` with ``boxes``/``labels``/``image/id``/
       ``image_size``/``scale``, ``batch_mask``).
     predictions: numpy ``predict`` output for that batch: ``boxes`` in original pixels, ``scores``,
       ``labels``, ``valid``.
     class_names: names of the contiguous labels.
     score_threshold: minimum score drawn.
-    max_images: stop after this many PNGs.
+    max_images: stop after this many examples.
   Returns:
-    The written paths.
+    ``(image id, uint8 RGB image cropped to the valid region)`` per drawn example.
   """
   label = batch["label"]
-  paths = []
+  drawn = []
   for i in np.flatnonzero(np.asarray(batch["batch_mask"]) > 0)[:max_images]:
     image = denormalize(batch["inputs"][i], label["image_size"][i])
     scale_xy = np.tile(np.asarray(label["scale"][i], np.float32)[::-1], 2)  # (w, h, w, h)
@@ -96,7 +96,33 @@ def save_batch_pngs(out_dir: str, batch: Mapping[str, np.ndarray], predictions: 
     labels = np.asarray(predictions["labels"][i])[valid]
     scores = np.asarray(predictions["scores"][i])[valid]
     gt_boxes = np.asarray(label["boxes"][i])[np.asarray(label["labels"][i]) >= 0]
-    canvas = draw_detections(image, boxes, labels, scores, class_names, gt_boxes=gt_boxes,
-                             score_threshold=score_threshold)
-    paths.append(save_png(os.path.join(out_dir, f"{int(label['image/id'][i])}.png"), canvas))
-  return paths
+    drawn.append((int(label["image/id"][i]), draw_detections(image, boxes, labels, scores, class_names,
+                                                             gt_boxes=gt_boxes,
+                                                             score_threshold=score_threshold)))
+  return drawn
+
+
+def tile_images(images: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
+  """Places uint8 RGB images of any sizes side by side (top-aligned, black background)."""
+  if not images:
+    raise ValueError("tile_images needs at least one image")
+  height = max(image.shape[0] for image in images)
+  width = sum(image.shape[1] for image in images) + gap * (len(images) - 1)
+  canvas = np.zeros((height, width, 3), np.uint8)
+  x = 0
+  for image in images:
+    canvas[:image.shape[0], x:x + image.shape[1]] = image
+    x += image.shape[1] + gap
+  return canvas
+
+
+def save_batch_pngs(out_dir: str, batch: Mapping[str, np.ndarray], predictions: Mapping[str, np.ndarray],
+                    class_names: Optional[Sequence[str]] = None, score_threshold: float = 0.3,
+                    max_images: Optional[int] = None) -> List[str]:
+  """One PNG per real example of a detection batch (``draw_batch``), named ``<image id>.png``.
+
+  Returns:
+    The written paths.
+  """
+  return [save_png(os.path.join(out_dir, f"{image_id}.png"), canvas)
+          for image_id, canvas in draw_batch(batch, predictions, class_names, score_threshold, max_images)]

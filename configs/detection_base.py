@@ -1,0 +1,138 @@
+"""COCO detection recipes of the official CrossFormer code (reference §2.2, §2.4), as configs.
+
+``retinanet(variant)`` returns a complete RetinaNet-CrossFormer-``variant`` 1x job config; the per-recipe files
+(``configs/retinanet_crossformer_s_coco.py``, ``..._b_coco.py``) are one-line ``get_config()`` wrappers and the
+tiny job (``configs/tiny_coco.py``) shrinks one. Trainer / optimizer keys come from ``configs.common``, model
+keys are those of ``projects.detection.model.RetinaNetModel``, dataset keys those of
+``projects.detection.data.input_pipeline.get_dataset``.
+
+Recipe (``detection/configs/retinanet_crossformer_{s,b}_fpn_1x_coco.py``, mmdet 2.x):
+* Backbone CrossFormer-S (drop_path 0.2) / -B (drop_path 0.3), G = (7, 7, 7, 7), I = (8, 4, 2, 1), all four
+  stages to an FPN (256 channels, ``start_level=1``, ``add_extra_convs="on_input"``, 5 outputs P3-P7).
+* RetinaHead: 4 stacked 3x3 convs of 256 channels, 9 anchors (3 scales x 3 ratios, octave base scale 4),
+  focal loss (gamma 2, alpha 0.25) + L1 on the deltas, MaxIoU assignment 0.5 / 0.4.
+* AdamW lr 1e-4, weight decay 1e-4, no gradient clipping; batch 16.
+* 1x schedule: 12 epochs, learning rate x0.1 at the starts of epochs 9 and 12 (mmcv ``step=[8, 11]``), linear
+  warm-up over 500 iterations from ratio 0.001.
+* Data: ``Resize(1333, 800)`` keep-ratio, flip 0.5, Normalize, ``Pad`` to a multiple of 32; images without
+  annotations are skipped.
+* Test: ``nms_pre`` 1000, score > 0.05, NMS IoU 0.5, 100 detections per image; evaluation every epoch.
+
+Epochs -> steps: the shared trainer counts optimizer steps (``num_training_steps``, ``lr_schedule.milestones``).
+A config with ``num_epochs > 0`` is converted by the job (``projects.detection.train.resolve_epoch_schedule``)
+from the *actual* number of steps per epoch that the input pipeline plans for the configured dataset and
+global batch size (``meta_data["steps_per_epoch"]``: mmdet's ``GroupSampler`` with one group per padded shape
+bucket, each bucket padded up to whole batches):
+``num_training_steps = num_epochs * steps_per_epoch``, ``milestones = milestone_epochs * steps_per_epoch``
+(a milestone at epoch e means "lower the rate from the first step of epoch e + 1", as mmcv's epoch-based
+``StepLrUpdaterHook``), ``log_eval_steps = eval_every_epochs * steps_per_epoch`` and ``checkpoint_steps =
+checkpoint_every_epochs * steps_per_epoch``. The warm-up stays in iterations (500), as in mmcv.
+The values written into these configs are the nominal ones for COCO train2017 at batch 16:
+117,266 images with annotations -> ceil(117266 / 16) = 7,330 steps per epoch, 87,960 steps in all, milestones
+at steps 58,640 and 80,630 (the pipeline's bucketed count is a few steps larger and replaces them at run
+time). Set ``--config.num_epochs=0`` to train exactly ``num_training_steps`` with ``lr_schedule.milestones``.
+
+The released results use an ImageNet-pretrained backbone: set ``model.backbone.checkpoint`` to a converted
+checkpoint (``python -m backbones.convert_checkpoint``).
+"""
+
+import math
+from typing import Sequence
+
+import ml_collections
+from ml_collections import config_dict
+
+from configs import common
+from configs import segmentation_base
+
+# COCO train2017: 118,287 images, of which 117,266 have at least one annotation (mmdet's filter_empty_gt).
+COCO_TRAIN_IMAGES = 117_266
+OFFICIAL_GROUPS = ((7, 7, 7, 7), (8, 4, 2, 1))
+DETECTION_VARIANTS = ("s", "b")
+
+
+def epochs_to_steps(epochs: float, num_images: int, batch_size: int) -> int:
+  """Optimizer steps in ``epochs`` epochs of ``num_images`` at global ``batch_size`` (last batch padded)."""
+  return int(round(epochs * math.ceil(num_images / batch_size)))
+
+
+def backbone_config(variant: str, **kwargs) -> ml_collections.ConfigDict:
+  """``config.model.backbone`` for CrossFormer-``variant`` with the detection group sizes / intervals.
+
+  The same structure (and dense drop-path rates S 0.2, B 0.3) as the segmentation jobs: see
+  ``configs.segmentation_base.backbone_config`` for the keyword arguments.
+  """
+  kwargs.setdefault("group_sizes", OFFICIAL_GROUPS[0])
+  kwargs.setdefault("intervals", OFFICIAL_GROUPS[1])
+  return segmentation_base.backbone_config(variant, **kwargs)
+
+
+def dataset_config(**overrides) -> ml_collections.ConfigDict:
+  """``config.dataset``: the pipeline's defaults (COCO 2017, official mmdet recipe) with ``overrides``."""
+  from projects.detection.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = input_pipeline.default_dataset_config()
+  for key, value in overrides.items():
+    if key not in config:
+      raise ValueError(f"unknown dataset key {key!r}; known: {sorted(config.keys())}")
+    config[key] = value
+  for key in ("data_dir", "manual_dir", "annotation_file"):
+    if config[key] is None:
+      config[key] = config_dict.placeholder(str)  # settable with --config.dataset.<key>=...
+  return config
+
+
+def retinanet_model_config(variant: str) -> ml_collections.ConfigDict:
+  """``config.model`` of RetinaNet-CrossFormer-``variant`` (mmdet 2.x ``retinanet_r50_fpn`` head settings)."""
+  return ml_collections.ConfigDict(dict(
+      dtype="float32",  # "bfloat16" for mixed precision (params and losses stay float32)
+      backbone=backbone_config(variant),
+      neck=dict(out_channels=256, start_level=1, add_extra_convs="on_input", num_outs=5,
+                relu_before_extra_convs=False),
+      bbox_head=dict(feat_channels=256, stacked_convs=4, prior_prob=0.01, norm="none"),
+      anchor=dict(strides=(8, 16, 32, 64, 128), ratios=(0.5, 1.0, 2.0), octave_base_scale=4.0,
+                  scales_per_octave=3),
+      box_coder=dict(target_means=(0.0, 0.0, 0.0, 0.0), target_stds=(1.0, 1.0, 1.0, 1.0)),
+      train_cfg=dict(pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0.0, allowed_border=-1,
+                     pad_size_divisor=32),
+      loss=dict(focal_gamma=2.0, focal_alpha=0.25, cls_weight=1.0, box_loss="l1", smooth_l1_beta=1.0 / 9.0,
+                box_weight=1.0),
+      test_cfg=dict(nms_pre=1000, score_thr=0.05, iou_threshold=0.5, max_per_img=100),
+  ))
+
+
+def epoch_schedule(config: ml_collections.ConfigDict, num_epochs: int, milestone_epochs: Sequence[int],
+                   num_images: int) -> None:
+  """Sets the epoch keys of ``config`` and their nominal step values for ``num_images`` training images."""
+  batch = int(config.batch_size)
+  steps_per_epoch = epochs_to_steps(1, num_images, batch)
+  config.num_epochs = num_epochs
+  config.eval_every_epochs = 1
+  config.checkpoint_every_epochs = 1
+  config.num_training_steps = num_epochs * steps_per_epoch
+  config.log_eval_steps = steps_per_epoch
+  config.checkpoint_steps = steps_per_epoch
+  config.lr_schedule.milestone_epochs = tuple(int(e) for e in milestone_epochs)
+  config.lr_schedule.milestones = tuple(int(e) * steps_per_epoch for e in milestone_epochs)
+
+
+def retinanet(variant: str) -> ml_collections.ConfigDict:
+  """RetinaNet + CrossFormer-``variant`` (s or b) on COCO 2017, official 1x recipe at batch 16."""
+  if variant not in DETECTION_VARIANTS:
+    raise ValueError(f"the official RetinaNet recipes exist for CrossFormer {DETECTION_VARIANTS}, "
+                     f"got {variant!r}")
+  config = common.trainer_config(num_training_steps=1, batch_size=16, eval_batch_size=16,
+                                 log_summary_steps=50, max_checkpoints_to_keep=3)
+  config.experiment_name = f"retinanet_crossformer_{variant}_coco"
+  config.dataset = dataset_config()
+  # dict(num_train, num_val, seed, manual_dir) to generate the synthetic COCO-format tree and build it with
+  # the coco_tree builder into dataset.data_dir (default <workdir>/data) when missing (configs/tiny_coco.py).
+  config.synthetic_data = None
+  config.num_visualized_images = 4
+  config.visualization_score_threshold = 0.3
+  config.l2_decay_factor = config_dict.placeholder(float)
+  config.model = retinanet_model_config(variant)
+  config.optimizer = common.adamw(weight_decay=1e-4)
+  config.lr_schedule = common.step_schedule(base_lr=1e-4, milestones=(), gamma=0.1, warmup_steps=500,
+                                            warmup_ratio=0.001)
+  epoch_schedule(config, num_epochs=12, milestone_epochs=(8, 11), num_images=COCO_TRAIN_IMAGES)
+  return config
