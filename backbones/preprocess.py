@@ -17,4 +17,4 @@ def normalize_image(image: np.ndarray) -> np.ndarray:
 def denormalize_image(image: np.ndarray) -> np.ndarray:
   """Inverse of :func:`normalize_image`, for display: float ``(..., 3)`` -> uint8 RGB."""
   pixels = np.asarray(image, np.float32) * np.asarray(IMAGENET_STD, np.float32)
-  return np.clip(pixels + np.asarray(IMAGENET_MEAN, np.float32), 0, 255).astype(np.uint8)
+  return np.clip(np.round(pixels + np.asarray(IMAGENET_MEAN, np.float32)), 0, 255).astype(np.uint8)

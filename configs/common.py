@@ -61,3 +61,32 @@ def step_schedule(base_lr: float, milestones: Sequence[int], gamma: float = 0.1,
       name="step", base_lr=base_lr, milestones=tuple(int(m) for m in milestones), gamma=gamma,
       min_lr=config_dict.placeholder(float),
       warmup_steps=warmup_steps, warmup_ratio=warmup_ratio))
+
+
+# CrossFormer variant -> (backbone name, dense drop-path rate of the official factories; T has none: the
+# classification value 0.1 is used).
+BACKBONES = {
+    "t": ("crossformer_t", 0.1),
+    "s": ("crossformer_s", 0.2),
+    "b": ("crossformer_b", 0.3),
+    "l": ("crossformer_l", 0.5),
+}
+OFFICIAL_GROUPS = ((7, 7, 7, 7), (8, 4, 2, 1))
+
+
+def backbone_config(variant: str, group_sizes: Sequence[int] = OFFICIAL_GROUPS[0],
+                    intervals: Sequence[int] = OFFICIAL_GROUPS[1], checkpoint: Optional[str] = None,
+                    **overrides) -> ml_collections.ConfigDict:
+  """``config.model.backbone`` for CrossFormer-``variant`` (t/s/b/l)."""
+  if variant not in BACKBONES:
+    raise ValueError(f"unknown CrossFormer variant {variant!r}; expected one of {sorted(BACKBONES)}")
+  name, drop_path_rate = BACKBONES[variant]
+  return ml_collections.ConfigDict(dict(
+      name=name,
+      overrides=dict(group_sizes=tuple(group_sizes), intervals=tuple(intervals), **overrides),
+      drop_path_rate=drop_path_rate,
+      lda_mode="v1",
+      remat=False,
+      # A converted ImageNet checkpoint loaded into params["backbone"] by the trainer.
+      checkpoint=checkpoint if checkpoint else config_dict.placeholder(str),
+  ))

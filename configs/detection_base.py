@@ -43,28 +43,15 @@ import ml_collections
 from ml_collections import config_dict
 
 from configs import common
-from configs import segmentation_base
 
 # COCO train2017: 118,287 images, of which 117,266 have at least one annotation (mmdet's filter_empty_gt).
 COCO_TRAIN_IMAGES = 117_266
-OFFICIAL_GROUPS = ((7, 7, 7, 7), (8, 4, 2, 1))
 DETECTION_VARIANTS = ("s", "b")
 
 
 def epochs_to_steps(epochs: float, num_images: int, batch_size: int) -> int:
   """Optimizer steps in ``epochs`` epochs of ``num_images`` at global ``batch_size`` (last batch padded)."""
   return int(round(epochs * math.ceil(num_images / batch_size)))
-
-
-def backbone_config(variant: str, **kwargs) -> ml_collections.ConfigDict:
-  """``config.model.backbone`` for CrossFormer-``variant`` with the detection group sizes / intervals.
-
-  The same structure (and dense drop-path rates S 0.2, B 0.3) as the segmentation jobs: see
-  ``configs.segmentation_base.backbone_config`` for the keyword arguments.
-  """
-  kwargs.setdefault("group_sizes", OFFICIAL_GROUPS[0])
-  kwargs.setdefault("intervals", OFFICIAL_GROUPS[1])
-  return segmentation_base.backbone_config(variant, **kwargs)
 
 
 def dataset_config(**overrides) -> ml_collections.ConfigDict:
@@ -85,7 +72,7 @@ def retinanet_model_config(variant: str) -> ml_collections.ConfigDict:
   """``config.model`` of RetinaNet-CrossFormer-``variant`` (mmdet 2.x ``retinanet_r50_fpn`` head settings)."""
   return ml_collections.ConfigDict(dict(
       dtype="float32",  # "bfloat16" for mixed precision (params and losses stay float32)
-      backbone=backbone_config(variant),
+      backbone=common.backbone_config(variant),
       neck=dict(out_channels=256, start_level=1, add_extra_convs="on_input", num_outs=5,
                 relu_before_extra_convs=False),
       bbox_head=dict(feat_channels=256, stacked_convs=4, prior_prob=0.01, norm="none"),

@@ -35,34 +35,7 @@ from ml_collections import config_dict
 from configs import common
 
 NUM_CLASSES = 150
-# CrossFormer variant -> (backbone name, dense drop-path rate of the official factories; T has none: the
-# classification value 0.1 is used).
-BACKBONES = {
-    "t": ("crossformer_t", 0.1),
-    "s": ("crossformer_s", 0.2),
-    "b": ("crossformer_b", 0.3),
-    "l": ("crossformer_l", 0.5),
-}
-DEFAULT_GROUPS = ((7, 7, 7, 7), (8, 4, 2, 1))
 FPN_V1_GROUPS = {"s": ((14, 14, 7, 7), (16, 8, 2, 1)), "l": ((14, 14, 7, 7), (16, 8, 2, 1))}
-
-
-def backbone_config(variant: str, group_sizes: Sequence[int] = DEFAULT_GROUPS[0],
-                    intervals: Sequence[int] = DEFAULT_GROUPS[1], checkpoint: Optional[str] = None,
-                    **overrides) -> ml_collections.ConfigDict:
-  """``config.model.backbone`` for CrossFormer-``variant`` (t/s/b/l)."""
-  if variant not in BACKBONES:
-    raise ValueError(f"unknown CrossFormer variant {variant!r}; expected one of {sorted(BACKBONES)}")
-  name, drop_path_rate = BACKBONES[variant]
-  return ml_collections.ConfigDict(dict(
-      name=name,
-      overrides=dict(group_sizes=tuple(group_sizes), intervals=tuple(intervals), **overrides),
-      drop_path_rate=drop_path_rate,
-      lda_mode="v1",
-      remat=False,
-      # A converted ImageNet checkpoint loaded into params["backbone"] by the trainer.
-      checkpoint=checkpoint if checkpoint else config_dict.placeholder(str),
-  ))
 
 
 def dataset_config(**overrides) -> ml_collections.ConfigDict:
@@ -90,7 +63,7 @@ def _base(variant: str, num_training_steps: int, batch_size: int) -> ml_collecti
   config.num_visualized_images = 4
   config.l2_decay_factor = config_dict.placeholder(float)
   config.model = ml_collections.ConfigDict(dict(
-      backbone=backbone_config(variant),
+      backbone=common.backbone_config(variant),
       neck=None,
       decode_head=None,
       auxiliary_head=None,
@@ -104,10 +77,10 @@ def _base(variant: str, num_training_steps: int, batch_size: int) -> ml_collecti
 def semantic_fpn(variant: str, group_sizes: Optional[Sequence[int]] = None,
                  intervals: Optional[Sequence[int]] = None) -> ml_collections.ConfigDict:
   """Semantic FPN + CrossFormer-``variant`` on ADE20K, 80k iterations at batch 16."""
-  groups = FPN_V1_GROUPS.get(variant, DEFAULT_GROUPS)
+  groups = FPN_V1_GROUPS.get(variant, common.OFFICIAL_GROUPS)
   config = _base(variant, num_training_steps=80_000, batch_size=16)
   config.experiment_name = f"fpn_crossformer_{variant}_ade20k"
-  config.model.backbone = backbone_config(variant, group_sizes or groups[0], intervals or groups[1])
+  config.model.backbone = common.backbone_config(variant, group_sizes or groups[0], intervals or groups[1])
   config.model.neck = ml_collections.ConfigDict(dict(out_channels=256, num_outs=4, start_level=0, norm="none"))
   config.model.decode_head = ml_collections.ConfigDict(dict(
       type="semantic_fpn", channels=128, feature_strides=(4, 8, 16, 32), dropout=0.1, norm="batch"))

@@ -24,7 +24,7 @@ def get_config():
   config.log_eval_steps = 150
   config.checkpoint_steps = 150
   config.max_checkpoints_to_keep = 1
-  config.model.backbone = segmentation_base.backbone_config(
+  config.model.backbone = common.backbone_config(
       "s", group_sizes=(7, 7, 7, 7), intervals=(4, 2, 1, 1), embed_dim=32, depths=(1, 1, 1, 1),
       num_heads=(1, 2, 4, 8))
   config.model.backbone.drop_path_rate = 0.0

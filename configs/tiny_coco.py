@@ -36,7 +36,7 @@ def get_config():
   config.synthetic_data = dict(num_train=128, num_val=32, seed=0, manual_dir=None)
   config.dataset = detection_base.dataset_config(
       image_scale=(256, 256), bucket_aspect_ratios=(1.0,), max_boxes=8)
-  config.model.backbone = detection_base.backbone_config(
+  config.model.backbone = common.backbone_config(
       "s", group_sizes=(8, 8, 8, 8), intervals=(8, 4, 2, 1), embed_dim=32, depths=(1, 1, 1, 1),
       num_heads=(1, 2, 4, 8))
   config.model.backbone.drop_path_rate = 0.0

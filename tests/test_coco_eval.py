@@ -10,7 +10,7 @@ import pytest
 from projects.detection import evaluation
 from projects.detection import visualize
 from projects.detection.data import make_synthetic_coco
-from projects.detection.data.transforms import IMAGE_MEAN, IMAGE_STD
+from backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 CATEGORY_IDS = [3, 7, 12]
 K = 5  # detection slots per image
@@ -100,7 +100,7 @@ def test_evaluator_rejects_a_foreign_annotation_file(val_json):
 
 def test_save_batch_pngs_draws_ground_truth_and_detections(tmp_path):
   image = np.full((2, 64, 96, 3), 128, np.uint8)
-  inputs = (image - np.asarray(IMAGE_MEAN)) / np.asarray(IMAGE_STD)
+  inputs = (image - np.asarray(IMAGENET_MEAN)) / np.asarray(IMAGENET_STD)
   inputs[:, 48:] = 0.0  # padding below the valid 48 x 80 region
   batch = {"inputs": inputs.astype(np.float32), "batch_mask": np.array([1.0, 0.0]),
            "label": {"boxes": np.array([[[10, 10, 30, 30]], [[0, 0, 1, 1]]], np.float32),

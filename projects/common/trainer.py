@@ -305,7 +305,7 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
         checkpointer.save(step, state, force=(step == num_steps))
       if (eval_every > 0 and step % eval_every == 0) or step == num_steps:
         eval_summary = evaluate(step)
-        interval_start = time.time()
+        interval_start, interval_examples = time.time(), 0  # images/s counts training time only
     if start_step >= num_steps and not eval_summary:
       eval_summary = evaluate(num_steps)
   finally:

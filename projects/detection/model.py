@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-import backbones
 from heads.detection import losses
 from heads.detection.anchors import AnchorGenerator, anchor_inside_flags, padded_image_shape
 from heads.detection.assigner import MaxIoUAssigner
@@ -86,19 +85,6 @@ class RetinaNetModel(BaseModel):
   ``dataset_meta_data["num_classes"]`` sets the number of foreground classes.
   """
 
-  def __init__(self, config: Optional[ml_collections.ConfigDict], dataset_meta_data: Optional[Dict[str, Any]],
-               backbone: Optional[nn.Module] = None) -> None:
-    """Builds the model; ``backbone`` replaces ``backbones.create_model(...)`` (a custom or test backbone)."""
-    self._backbone = backbone
-    super().__init__(config, dataset_meta_data)
-
-  @property
-  def num_classes(self) -> int:
-    """Foreground classes, from the dataset meta-data."""
-    if "num_classes" not in self.dataset_meta_data:
-      raise ValueError("RetinaNetModel needs dataset_meta_data['num_classes']")
-    return int(self.dataset_meta_data["num_classes"])
-
   @property
   def anchor_generator(self) -> AnchorGenerator:
     """The anchor generator of ``config.model.anchor``."""
@@ -127,13 +113,7 @@ class RetinaNetModel(BaseModel):
     """Returns the ``RetinaNet`` network described by ``config.model``."""
     m = self.config.model
     dtype = jnp.dtype(m.dtype)
-    backbone = self._backbone
-    if backbone is None:
-      b = m.backbone
-      overrides = b.get("overrides")
-      backbone = backbones.create_model(
-          b.name, features_only=True, out_indices=BACKBONE_OUT_INDICES, drop_path_rate=b.drop_path_rate,
-          lda_mode=b.lda_mode, dtype=dtype, remat=b.remat, **(overrides.to_dict() if overrides else {}))
+    backbone = self.build_backbone(dtype, BACKBONE_OUT_INDICES)
     anchor_generator = self.anchor_generator
     neck = FPN(out_channels=m.neck.out_channels, num_outs=m.neck.num_outs, start_level=m.neck.start_level,
                add_extra_convs=m.neck.add_extra_convs, relu_before_extra_convs=m.neck.relu_before_extra_convs,
@@ -239,13 +219,7 @@ class RetinaNetModel(BaseModel):
     metrics = self._loss_terms(outputs, batch)
     total_sum, avg_factor = metrics["total_loss"]
     total_loss = total_sum / jnp.maximum(avg_factor, 1.0)
-    l2_decay_factor = self.config.get("l2_decay_factor")
-    if l2_decay_factor is not None:
-      if model_params is None:
-        raise ValueError("config.l2_decay_factor is set but loss_function got no model_params")
-      l2 = sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(model_params))
-      total_loss = total_loss + 0.5 * l2_decay_factor * l2
-    return total_loss, metrics
+    return total_loss + self.l2_regularization(model_params), metrics
 
   def get_metrics_fn(self, split: Optional[str] = None) -> Callable[[Mapping[str, Any], Batch], Metrics]:
     """Returns ``fn(outputs, batch) -> {name: (sum, count)}`` (the loss terms; the same for every split)."""

@@ -13,7 +13,7 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from projects.detection.data.transforms import IMAGE_MEAN, IMAGE_STD
+from backbones.preprocess import denormalize_image
 
 GT_COLOUR = (255, 255, 255)
 
@@ -26,9 +26,7 @@ def class_colour(label: int) -> tuple:
 
 def denormalize(inputs: np.ndarray, image_size: Sequence[int]) -> np.ndarray:
   """A normalised ``(H, W, 3)`` network input back to uint8 RGB, cropped to its valid ``(h, w)``."""
-  h, w = int(image_size[0]), int(image_size[1])
-  pixels = np.asarray(inputs[:h, :w], np.float32) * np.asarray(IMAGE_STD) + np.asarray(IMAGE_MEAN)
-  return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+  return denormalize_image(inputs[:int(image_size[0]), :int(image_size[1])])
 
 
 def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,

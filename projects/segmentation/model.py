@@ -152,38 +152,17 @@ class SegmentationModel(BaseModel):
   ``config.model.backbone`` would build (any module returning the stage dict).
   """
 
-  def __init__(self, config: Optional[ml_collections.ConfigDict], dataset_meta_data: Optional[Dict[str, Any]],
-               backbone: Optional[nn.Module] = None) -> None:
-    self._backbone = backbone
-    super().__init__(config, dataset_meta_data)
-
-  @property
-  def num_classes(self) -> int:
-    if "num_classes" not in self.dataset_meta_data:
-      raise ValueError("dataset_meta_data must provide 'num_classes'")
-    return int(self.dataset_meta_data["num_classes"])
-
   @property
   def model_config(self) -> ml_collections.ConfigDict:
     if "model" not in self.config:
       raise ValueError("the segmentation config needs a 'model' field (see default_flax_model_config)")
     return self.config.model
 
-  def build_backbone(self, dtype: Dtype) -> nn.Module:
-    """The feature-pyramid backbone of ``config.model.backbone`` via ``backbones.create_model``."""
-    import backbones  # pylint: disable=g-import-not-at-top  (the backbone package is only needed here)
-    cfg = self.model_config.backbone
-    overrides = dict(cfg.get("overrides") or {})
-    return backbones.create_model(cfg.name, features_only=True, out_indices=(0, 1, 2, 3),
-                                  drop_path_rate=cfg.get("drop_path_rate", 0.0),
-                                  lda_mode=cfg.get("lda_mode", "v1"), remat=cfg.get("remat", False),
-                                  dtype=dtype, **overrides)
-
   def build_flax_model(self) -> SegmentationNet:
     cfg = self.model_config
     dtype = jnp.dtype(cfg.get("dtype", "float32"))
     axis_name = cfg.get("norm_axis_name")
-    backbone = self._backbone if self._backbone is not None else self.build_backbone(dtype)
+    backbone = self.build_backbone(dtype)
 
     neck = None
     if cfg.get("neck") is not None:
@@ -242,13 +221,7 @@ class SegmentationModel(BaseModel):
         raise ValueError("outputs carry 'aux_logits' but config.model.auxiliary_head is None")
       loss = loss + aux_cfg.get("loss_weight", 0.4) * segmentation_loss(
           outputs["aux_logits"], batch["label"], batch_mask, avg_non_ignore)
-    l2_decay_factor = self.config.get("l2_decay_factor")
-    if l2_decay_factor is not None:
-      if model_params is None:
-        raise ValueError("config.l2_decay_factor is set but loss_function got no model_params")
-      l2 = sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(model_params))
-      loss = loss + 0.5 * l2_decay_factor * l2
-    return loss
+    return loss + self.l2_regularization(model_params)
 
   def get_metrics_fn(self, split: Optional[str] = None) -> MetricFn:
     """``fn(outputs, batch) -> {"loss": (sum, count), "pixel_accuracy": (sum, count)}`` over labelled pixels.

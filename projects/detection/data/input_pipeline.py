@@ -24,7 +24,7 @@ Config (``config.dataset``; defaults in ``default_dataset_config()``), plus ``co
 * ``num_parallel_calls`` (-1 = autotune) and ``prefetch`` (batches).
 """
 
-from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple
+from typing import Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
@@ -32,18 +32,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from projects.common.dataset import Batch, Dataset
 from projects.detection.data import coco_source
 from projects.detection.data import schedule
 from projects.detection.data import transforms
 
-Batch = Dict[str, Any]
 
-
-class Dataset(NamedTuple):
-  """What ``get_dataset`` returns (docs/CONTRACTS.md)."""
-  train_iter_fn: Callable[[int], Iterator[Batch]]
-  eval_iter_fn: Callable[[], Iterator[Batch]]
-  meta_data: Dict[str, Any]
 
 
 _DEFAULTS = {

@@ -10,9 +10,7 @@ from typing import Any, Dict, Mapping
 
 import tensorflow as tf
 
-# RGB mean and std on 0-255 pixels (mmdet's ImageNet normalisation, docs/CONTRACTS.md).
-IMAGE_MEAN = (123.675, 116.28, 103.53)
-IMAGE_STD = (58.395, 57.12, 57.375)
+from backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
 def resize_image(image: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
@@ -27,7 +25,7 @@ def resize_image(image: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
 
 def normalize_image(image: tf.Tensor) -> tf.Tensor:
   """``(image - mean) / std`` per RGB channel."""
-  return (image - tf.constant(IMAGE_MEAN, tf.float32)) / tf.constant(IMAGE_STD, tf.float32)
+  return (image - tf.constant(IMAGENET_MEAN, tf.float32)) / tf.constant(IMAGENET_STD, tf.float32)
 
 
 def training_boxes(objects: Mapping[str, tf.Tensor], orig_size: tf.Tensor, resized_size: tf.Tensor):

@@ -22,14 +22,14 @@ Batches are dicts of numpy arrays: ``inputs`` float32 (B, H, W, 3), ``label`` in
 """
 
 import math
-from typing import Any, Callable, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
-import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from projects.common.dataset import Batch, Dataset
 from projects.segmentation.data import ade20k_builder
 from projects.segmentation.data import ade20k_classes
 from projects.segmentation.data import transforms
@@ -43,14 +43,7 @@ _READ_CONFIG = tfds.ReadConfig(try_autocache=False)
 _SHUFFLE_STREAM, _AUGMENT_STREAM = 0, 1
 _MAX_EPOCHS = 2 ** 40
 
-Batch = Dict[str, np.ndarray]
 
-
-class Dataset(NamedTuple):
-  """What ``get_dataset`` returns (docs/CONTRACTS.md)."""
-  train_iter_fn: Callable[[int], Iterator[Batch]]
-  eval_iter_fn: Callable[[], Iterator[Batch]]
-  meta_data: Dict[str, Any]
 
 
 def default_dataset_config() -> ml_collections.ConfigDict:
