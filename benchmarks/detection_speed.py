@@ -20,7 +20,6 @@ import time
 from typing import Any, Callable, Dict, NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
