@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo test test-fast benchmark
+.PHONY: setup demo demo-detection test test-fast benchmark
 
 setup: $(VENV)/.installed
 
@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(PY) -m projects.segmentation.main --config configs/tiny_ade20k.py --workdir workdirs/tiny_ade20k
+
+demo-detection: setup
+	$(PY) -m projects.detection.main --config configs/tiny_coco.py --workdir workdirs/tiny_coco
 
 test: setup
 	$(PY) -m pytest -q
