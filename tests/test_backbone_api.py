@@ -1,5 +1,6 @@
 """The backbone's public API: seed classifier, create_model, sizes, grouping, training options."""
 
+import functools
 import json
 
 import jax
@@ -12,6 +13,13 @@ from backbones.crossformer import grouping
 from backbones.crossformer.sizes import is_valid_side
 
 TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2))
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone():
+  """A tiny CrossFormer (SDA and LDA in every stage) and its variables, initialised once."""
+  model = create_model("crossformer_t", **TINY)
+  return model, jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
 
 
 def test_seed_snippet_runs_and_counts_parameters():
@@ -74,9 +82,8 @@ def test_list_models_and_unknown_names():
     create_model("crossformer_t", window=7)
 
 
-def test_bad_inputs_get_clear_errors():
-  model = create_model("crossformer_t", **TINY)
-  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+def test_bad_inputs_get_clear_errors(tiny_backbone):
+  model, variables = tiny_backbone
   with pytest.raises(ValueError, match="expects 3 input channels .* got 1"):
     model.apply(variables, jnp.zeros((1, 64, 64, 1)))
   with pytest.raises(ValueError, match="rank 4"):
@@ -138,40 +145,43 @@ def test_group_then_ungroup_is_identity(hw, g, i, lda, mode):
     assert bias is None
 
 
-def test_outputs_do_not_depend_on_call_history():
+def test_outputs_do_not_depend_on_call_history(tiny_backbone):
   """The official block mutates itself on small maps; this port decides per call."""
-  model = create_model("crossformer_t", **TINY)
+  model, variables = tiny_backbone
   small, large = jnp.ones((1, 224, 224, 3)), jnp.ones((1, 256, 320, 3)) * 0.5
-  variables = model.init(jax.random.PRNGKey(0), large)
-  fresh = model.apply(variables, large)
-  model.apply(variables, small)
-  again = model.apply(variables, large)
+  apply = jax.jit(model.apply)
+  fresh = apply(variables, large)
+  apply(variables, small)
+  again = apply(variables, large)
   for k in fresh:
     np.testing.assert_array_equal(fresh[k], again[k])
 
 
 def test_drop_path_remat_and_bfloat16():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 64, 64, 3))
-  model = create_model("crossformer_t", drop_path_rate=0.5, **TINY)
-  variables = model.init(jax.random.PRNGKey(1), x)
-  eval_out = model.apply(variables, x)
-  train_a = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
-  train_b = model.apply(variables, x, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
+  small = dict(TINY, depths=(2, 1, 1, 1))  # an SDA and an LDA block, then one block per stage
+  model = create_model("crossformer_t", drop_path_rate=0.5, **small)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(1), x)
+  apply_eval = jax.jit(model.apply)
+  apply_train = jax.jit(functools.partial(model.apply, train=True))
+  eval_out = apply_eval(variables, x)
+  train_a = apply_train(variables, x, rngs={"dropout": jax.random.PRNGKey(2)})
+  train_b = apply_train(variables, x, rngs={"dropout": jax.random.PRNGKey(3)})
   assert not np.allclose(train_a["stage_4"], train_b["stage_4"])
-  np.testing.assert_array_equal(eval_out["stage_4"], model.apply(variables, x)["stage_4"])
+  np.testing.assert_array_equal(eval_out["stage_4"], apply_eval(variables, x)["stage_4"])
 
   def loss(params, module):
     out = module.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
     return sum(jnp.mean(v ** 2) for v in out.values())
 
-  remat_model = create_model("crossformer_t", drop_path_rate=0.5, remat=True, **TINY)
-  grads = jax.grad(loss)(variables["params"], model)
-  grads_remat = jax.grad(loss)(variables["params"], remat_model)
+  remat_model = create_model("crossformer_t", drop_path_rate=0.5, remat=True, **small)
+  grads = jax.jit(jax.grad(functools.partial(loss, module=model)))(variables["params"])
+  grads_remat = jax.jit(jax.grad(functools.partial(loss, module=remat_model)))(variables["params"])
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_remat)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
-  bf16 = create_model("crossformer_t", dtype=jnp.bfloat16, **TINY)
-  out16 = bf16.apply(variables, x)
+  bf16 = create_model("crossformer_t", dtype=jnp.bfloat16, **small)
+  out16 = jax.jit(bf16.apply)(variables, x)
   assert out16["stage_4"].dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(out16["stage_4"], np.float32), eval_out["stage_4"],
                              atol=0.15, rtol=0.1)
