@@ -9,9 +9,10 @@ import importlib.util
 import json
 import os
 import pathlib
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import flags
+from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
@@ -80,3 +81,27 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
 def config_to_dict(config: ml_collections.ConfigDict) -> dict:
   """A JSON round-trip of ``config`` into plain Python containers."""
   return json.loads(config.to_json_best_effort())
+
+
+def job_main(run: Callable[[ml_collections.ConfigDict, str], Any],
+             summarize: Callable[[Any], str]) -> Callable[[Sequence[str]], None]:
+  """The absl ``main`` of a training job: checks the flags, starts multi-host JAX when asked, calls
+  ``run(config, workdir)`` and prints ``summarize(result)`` on process 0."""
+  from absl import app  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from projects.common import sharding  # pylint: disable=import-outside-toplevel
+
+  def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
+      raise app.UsageError("--config and --workdir are required")
+    sharding.maybe_initialize_distributed(flags.FLAGS.multihost)
+    logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
+                 jax.devices())
+    result = run(flags.FLAGS.config, flags.FLAGS.workdir)
+    if jax.process_index() == 0 and result.eval_summary:
+      print(f"{summarize(result)}  (step {int(jax.device_get(result.state.step))}, results in "
+            f"{flags.FLAGS.workdir})")
+
+  return main

@@ -1,36 +1,20 @@
 """ADE20K semantic segmentation: ``python -m projects.segmentation.main --config configs/<name>.py --workdir DIR``.
 
 Override any config key on the command line, e.g. ``--config.num_training_steps=100 --config.batch_size=8``.
-``--multihost`` (or ``CROSSFORMER_MULTIHOST=1``) calls ``jax.distributed.initialize()`` first.
+``--multihost`` (or ``CROSSFORMER_MULTIHOST=1``) calls ``jax.distributed.initialize()`` first. Outputs
+(``projects.segmentation.train``): checkpoints, TensorBoard summaries, ``config.json``, ``eval_results.json``,
+``per_class_iou.tsv`` and ``predictions.png`` in the workdir; a rerun with the same workdir resumes from the
+latest checkpoint.
 """
 
 from absl import app
-from absl import flags
-from absl import logging
-import jax
 
 from projects.common import config_utils
-from projects.common import sharding
 from projects.segmentation import train
 
 config_utils.define_job_flags()
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS.config is None or FLAGS.workdir is None:
-    raise app.UsageError("--config and --workdir are required")
-  sharding.maybe_initialize_distributed(FLAGS.multihost)
-  logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
-  if jax.process_index() == 0:
-    config_utils.save_config(FLAGS.config, FLAGS.workdir)
-  result = train.run(FLAGS.config, FLAGS.workdir)
-  if jax.process_index() == 0 and result.eval_summary:
-    print(f"final mIoU: {result.eval_summary.get('mIoU', float('nan')):.4f}  "
-          f"(step {int(jax.device_get(result.state.step))}, results in {FLAGS.workdir})")
-
+main = config_utils.job_main(
+    train.run, lambda result: f"final mIoU: {result.eval_summary.get('mIoU', float('nan')):.4f}")
 
 if __name__ == "__main__":
   app.run(main)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from projects.common import config_utils
 from projects.common import evaluation
 from projects.common import sharding
 from projects.common import trainer
@@ -149,6 +150,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   config = ensure_synthetic_data(config, workdir)
   mesh = mesh or sharding.create_mesh()
   dataset = build_dataset(config)
+  if jax.process_index() == 0:
+    config_utils.save_config(config, workdir)
   model = SegmentationModel(config, dataset.meta_data)
   evaluator = SegmentationEvaluator(model, num_examples=int(config.get("num_visualized_images", 4)))
   result = trainer.train_and_evaluate(model, dataset, config, workdir, evaluator, mesh=mesh,
