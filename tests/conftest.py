@@ -1,5 +1,6 @@
 """Test-session set-up: four virtual CPU devices, a persistent compilation cache, shared fixtures."""
 
+import glob
 import os
 import pathlib
 
@@ -25,3 +26,18 @@ def official_fixtures_dir() -> pathlib.Path:
     pytest.skip(f"official parity fixtures not found at {SHARED_FIXTURES} "
                 "(they live in the shared/ folder beside the checkout)")
   return SHARED_FIXTURES
+
+
+@pytest.fixture
+def event_scalars():
+  """``read(workdir, tag) -> {step: value}`` from the TensorBoard event files a job wrote."""
+  def read(workdir, tag):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    values = {}
+    for path in glob.glob(os.path.join(workdir, "events.out.tfevents*")):
+      for event in tf.compat.v1.train.summary_iterator(path):
+        for value in event.summary.value:
+          if value.tag == tag:
+            values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+  return read

@@ -1,7 +1,6 @@
 """The COCO detection job: recipe configs, epoch -> step conversion, evaluator pictures, and the tiny job end to
 end (through its CLI) and learning."""
 
-import glob
 import json
 import os
 import subprocess
@@ -137,17 +136,6 @@ def test_detection_evaluator_keeps_examples_and_draws_them(tmp_path):
   assert train.write_detection_png(None, str(tmp_path / "none.png")) is None
 
 
-def _event_scalars(workdir, tag):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  values = {}
-  for path in glob.glob(os.path.join(workdir, "events.out.tfevents*")):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        if value.tag == tag:
-          values[event.step] = float(tf.make_ndarray(value.tensor))
-  return values
-
-
 def _flag(key, value):
   if isinstance(value, tuple):
     value = "(" + ",".join(str(v) for v in value) + ")"
@@ -155,7 +143,7 @@ def _flag(key, value):
 
 
 @pytest.mark.slow
-def test_tiny_job_end_to_end_through_cli(tmp_path):
+def test_tiny_job_end_to_end_through_cli(tmp_path, event_scalars):
   """``python -m projects.detection.main --config configs/tiny_coco.py ...``: a few steps, every output."""
   workdir = str(tmp_path / "work")
   overrides = {**TINY_OVERRIDES, "num_training_steps": 8, "log_summary_steps": 1, "checkpoint_steps": 4,
@@ -178,7 +166,7 @@ def test_tiny_job_end_to_end_through_cli(tmp_path):
   assert all(d["image_id"] in val_ids and d["category_id"] in (3, 7, 12) for d in detections)
   assert os.path.getsize(os.path.join(workdir, train.PNG_FILE)) > 0
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
-  losses = _event_scalars(workdir, "train/loss")
+  losses = event_scalars(workdir, "train/loss")
   assert sorted(losses) == list(range(1, 9))
   assert np.mean([losses[7], losses[8]]) < np.mean([losses[1], losses[2]]) - 0.1, losses  # it learns
 

@@ -1,6 +1,5 @@
 """The ADE20K segmentation job: evaluator, pictures, configs, and the tiny job end to end through its CLI."""
 
-import glob
 import json
 import os
 
@@ -111,19 +110,8 @@ def test_comparison_panel_layout(tmp_path):
   assert os.path.getsize(path) > 0
 
 
-def _event_scalars(workdir, tag):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  values = {}
-  for path in glob.glob(os.path.join(workdir, "events.out.tfevents*")):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        if value.tag == tag:
-          values[event.step] = float(tf.make_ndarray(value.tensor))
-  return values
-
-
 @pytest.mark.slow
-def test_tiny_job_end_to_end_through_cli(tmp_path, monkeypatch):
+def test_tiny_job_end_to_end_through_cli(tmp_path, monkeypatch, event_scalars):
   """``python -m projects.segmentation.main --config configs/tiny_ade20k.py ...`` in-process, a few steps."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from projects.segmentation import main  # defines the flags  # pylint: disable=g-import-not-at-top
@@ -149,7 +137,7 @@ def test_tiny_job_end_to_end_through_cli(tmp_path, monkeypatch):
   assert lines[0] == "class\tIoU\tAcc" and len(lines) == 1 + 150 and lines[1].startswith("wall\t")
   assert os.path.getsize(os.path.join(workdir, "predictions.png")) > 0
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["8"]  # keeps 1
-  losses = _event_scalars(workdir, "train/loss")
+  losses = event_scalars(workdir, "train/loss")
   assert sorted(losses) == list(range(1, 9))
   assert np.mean([losses[7], losses[8]]) < np.mean([losses[1], losses[2]]) - 0.3, losses  # it learns
 

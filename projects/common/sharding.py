@@ -7,7 +7,7 @@ metric sums) are global: BatchNorm behaves like PyTorch's SyncBN without any ``p
 """
 
 import os
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from absl import logging
 import jax
@@ -113,3 +113,11 @@ def to_host(tree: Any) -> Any:
       return np.asarray(x.addressable_data(0))
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
   return jax.tree.map(fetch, tree)
+
+
+def run_on_first_process(fn: Callable[[], Any], barrier_name: str) -> None:
+  """Runs ``fn`` (e.g. preparing a dataset on a shared disk) on process 0 only; every process waits for it."""
+  if jax.process_index() == 0:
+    fn()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_processes(barrier_name)

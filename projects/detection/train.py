@@ -126,7 +126,8 @@ def ensure_synthetic_data(config: ml_collections.ConfigDict, workdir: str) -> ml
   dataset_config = config.dataset.to_dict()
   if coco_source.make_builder(dataset_config).is_prepared():
     return config
-  if jax.process_index() == 0:
+
+  def prepare() -> None:
     annotations = os.path.join(manual_dir, "annotations", make_synthetic_coco.SPLITS[-1][1])
     if not os.path.isfile(annotations):
       logging.info("writing the synthetic COCO-format tree to %s", manual_dir)
@@ -135,9 +136,8 @@ def ensure_synthetic_data(config: ml_collections.ConfigDict, workdir: str) -> ml
                                               seed=int(synthetic.get("seed", 0)))
     logging.info("building the coco_tree tfds dataset in %s", data_dir)
     prepare_coco.prepare(dataset_config)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_processes("synthetic_coco_ready")
+
+  sharding.run_on_first_process(prepare, "synthetic_coco_ready")
   return config
 
 

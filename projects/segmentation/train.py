@@ -98,7 +98,8 @@ def ensure_synthetic_data(config: ml_collections.ConfigDict, workdir: str) -> ml
   manual_dir = synthetic.get("manual_dir") or os.path.join(data_dir, "synthetic_manual")
   if ade20k_builder.Ade20kChallenge(data_dir=data_dir).is_prepared():
     return config
-  if jax.process_index() == 0:
+
+  def prepare() -> None:
     if not os.path.isdir(os.path.join(manual_dir, ade20k_builder.ROOT)):
       logging.info("writing the synthetic ADE20K release to %s", manual_dir)
       make_synthetic_ade20k.make_synthetic_ade20k(
@@ -107,9 +108,8 @@ def ensure_synthetic_data(config: ml_collections.ConfigDict, workdir: str) -> ml
           max_aspect=float(synthetic.get("max_aspect", 2.0)))
     logging.info("building the ade20k_challenge tfds dataset in %s", data_dir)
     ade20k_builder.prepare(manual_dir, data_dir)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_processes("synthetic_ade20k_ready")
+
+  sharding.run_on_first_process(prepare, "synthetic_ade20k_ready")
   return config
 
 
