@@ -83,7 +83,9 @@ def retinanet_model_config(variant: str) -> ml_collections.ConfigDict:
                      pad_size_divisor=32),
       loss=dict(focal_gamma=2.0, focal_alpha=0.25, cls_weight=1.0, box_loss="l1", smooth_l1_beta=1.0 / 9.0,
                 box_weight=1.0),
-      test_cfg=dict(nms_pre=1000, score_thr=0.05, iou_threshold=0.5, max_per_img=100),
+      # version "mmdet2": the official repository's mmdetection 2.8 post-processing ("mmdet3": 3.x's).
+      test_cfg=dict(nms_pre=1000, score_thr=0.05, iou_threshold=0.5, max_per_img=100, min_bbox_size=0.0,
+                    version="mmdet2"),
   ))
 
 

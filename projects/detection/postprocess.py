@@ -15,6 +15,9 @@ import jax.numpy as jnp
 from heads.detection.box_coder import DeltaXYWHBBoxCoder
 from heads.detection.nms import batched_nms
 
+# "mmdet2": mmdetection 2.8 (the official CrossFormer repository); "mmdet3": mmdetection >= 2.18 / 3.x.
+VERSIONS = ("mmdet2", "mmdet3")
+
 
 @dataclasses.dataclass(frozen=True)
 class TestConfig:
@@ -30,10 +33,14 @@ class TestConfig:
   score_thr: float = 0.05
   iou_threshold: float = 0.5
   max_per_img: int = 100
+  min_bbox_size: float = 0.0
+  version: str = "mmdet3"
 
   def __post_init__(self):
     if self.max_per_img < 1:
       raise ValueError(f"max_per_img must be >= 1, got {self.max_per_img}")
+    if self.version not in VERSIONS:
+      raise ValueError(f"test_cfg.version must be one of {VERSIONS}, got {self.version!r}")
 
 
 def _level_candidates(logits: jnp.ndarray, deltas: jnp.ndarray, anchors: jnp.ndarray,
