@@ -279,7 +279,9 @@ class ConversionReport:
   def problems(self) -> str:
     """One line naming the problem keys (up to 20 of each kind)."""
     parts = []
-    for title, items in (("unexpected keys (no place in the model)", self.unexpected),
+    # Unexpected keys are summarised by module (a whole head of another model is many keys).
+    modules = sorted({k.rsplit(".", 1)[0] for k in self.unexpected})
+    for title, items in (("modules with unexpected keys (no place in the model)", modules),
                          ("shape mismatches", self.mismatched),
                          ("model parameters missing from the checkpoint", self.missing)):
       if items:

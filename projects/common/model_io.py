@@ -205,7 +205,7 @@ def convert_official_checkpoint(source: Union[PathLike, Mapping[str, Any]], conf
     state_dict = dict(source.get("state_dict", source)) if "state_dict" in source else dict(source)
     state_dict = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
                   for k, v in state_dict.items()}
-    where = "the state dict"
+    where = "the checkpoint"
   else:
     state_dict, _ = read_official_file(source)
     where = str(source)
