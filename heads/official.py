@@ -281,9 +281,10 @@ class ConversionReport:
     parts = []
     # Unexpected keys are summarised by module (a whole head of another model is many keys).
     modules = sorted({k.rsplit(".", 1)[0] for k in self.unexpected})
+    missing = sorted({m.split("/", 1)[1].rsplit("/", 1)[0] for m in self.missing})
     for title, items in (("modules with unexpected keys (no place in the model)", modules),
                          ("shape mismatches", self.mismatched),
-                         ("model parameters missing from the checkpoint", self.missing)):
+                         ("model modules with parameters missing from the checkpoint", missing)):
       if items:
         parts.append(f"{len(items)} {title}: " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
     return "; ".join(parts)

@@ -211,11 +211,11 @@ def convert_official_checkpoint(source: Union[PathLike, Mapping[str, Any]], conf
     where = str(source)
   model = build_model(config)
   expected = variable_shapes(model)
-  try:
-    variables, _ = official.convert_state_dict(state_dict, expected)
-  except ValueError as e:
-    raise ValueError(f"{where} does not fit the model of this config ({model_kind(config)}, "
-                     f"{config.model.backbone.get('name', '?')}): {e}") from None
+  variables, report = official.convert_state_dict(state_dict, expected, strict=False)
+  if not report.ok:
+    backbone = (config.model.get("backbone") or {}).get("name", "?")
+    raise ValueError(f"{where} does not fit the model of this config ({model_kind(config)}, {backbone}): "
+                     f"{report.problems()}")
   return variables
 
 
