@@ -69,11 +69,13 @@ def fpn_config(neck: Mapping[str, Any]) -> Dict[str, Any]:
   end_level = neck.get("end_level", -1)
   if end_level not in (-1, len(neck.get("in_channels", ())) - 1):
     raise ValueError(f"neck.end_level {end_level} is not supported (all levels up to the last)")
-  for flag in ("upsample_cfg",):
-    if neck.get(flag) not in (None, {"mode": "nearest"}):
-      raise ValueError(f"neck.{flag}={neck.get(flag)!r} is not supported (nearest upsampling only)")
+  if neck.get("upsample_cfg") not in (None, {"mode": "nearest"}):
+    raise ValueError(f"neck.upsample_cfg={neck.get('upsample_cfg')!r} is not supported (nearest only)")
+  extra = neck.get("add_extra_convs", False)
+  if extra is True:  # mmdet 2.x: True means on the input unless extra_convs_on_inputs=False
+    extra = "on_input" if neck.get("extra_convs_on_inputs", True) else "on_output"
   return dict(out_channels=int(neck["out_channels"]), num_outs=int(neck["num_outs"]),
-              start_level=int(neck.get("start_level", 0)), add_extra_convs=neck.get("add_extra_convs", False),
+              start_level=int(neck.get("start_level", 0)), add_extra_convs=extra,
               relu_before_extra_convs=bool(neck.get("relu_before_extra_convs", False)),
               no_norm_on_lateral=bool(neck.get("no_norm_on_lateral", False)),
               norm=_norm(neck.get("norm_cfg"), "neck"))
@@ -82,8 +84,11 @@ def fpn_config(neck: Mapping[str, Any]) -> Dict[str, Any]:
 def decode_head_config(head: Mapping[str, Any]) -> Dict[str, Any]:
   """mm ``FPNHead`` / ``UPerHead`` -> ``config.model.decode_head``."""
   _check_seg_head(head, "decode_head")
+  in_index = _index_tuple(head.get("in_index"))
+  if in_index == tuple(range(len(head.get("in_channels", ())))):
+    in_index = None  # every level, in order
   common = dict(channels=int(head["channels"]), dropout=float(head.get("dropout_ratio", 0.1)),
-                norm=_norm(head.get("norm_cfg"), "decode_head"), in_index=_index_tuple(head.get("in_index")))
+                norm=_norm(head.get("norm_cfg"), "decode_head"), in_index=in_index)
   if head.get("type") == "FPNHead":
     return dict(type="semantic_fpn", feature_strides=tuple(int(s) for s in head["feature_strides"]), **common)
   if head.get("type") == "UPerHead":

@@ -78,6 +78,28 @@ def test_full_size_official_layout_converts(name, tmp_path):
                                   sd["auxiliary_head.convs.0.bn.running_var"])
 
 
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_configs_equal_the_official_configs(name):
+  """Our recipe's neck/head settings are what heads.official maps the official full-size config to."""
+  mapped = official.model_config_from_mm(_keys(name)["mm_config"])
+  config = _config(name)
+  assert mapped.pop("num_classes") == model_io.default_dataset_meta(config)["num_classes"]
+  assert mapped.pop("avg_non_ignore", False) == config.model.get("avg_non_ignore", False)
+  if "decode_head" in mapped:
+    mapped.pop("test_cfg")  # mode whole: the predict/evaluate settings live elsewhere
+  for section, values in mapped.items():
+    ours = config.model.get(section)
+    if values is None:
+      assert ours is None, section
+      continue
+    for key, value in values.items():
+      default = {"in_index": None, "add_extra_convs": False, "relu_before_extra_convs": False,
+                 "no_norm_on_lateral": False, "norm": "none"}.get(key, "required")
+      got = ours.get(key, default)
+      got = tuple(got) if isinstance(got, (list, tuple)) else got
+      assert got == value, (section, key, got, value)
+
+
 def test_wrong_model_names_the_keys(tmp_path):
   sd = _state_dict(_keys("upernet"))
   with pytest.raises(ValueError, match=r"unexpected.*decode_head\.bottleneck\.conv.*missing.*neck/fpn_convs_0"):
