@@ -108,36 +108,51 @@ def run(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], report: Any) 
     logits_all = jnp.concatenate(cls_logits, axis=1)
     deltas_all = jnp.concatenate(box_deltas, axis=1)
 
+    @jax.jit
+    def image_terms(logits, deltas, pad, img, gt, gt_labels):
+      """One image's targets, assignment and per-level loss sums (padded gts: label -1)."""
+      valid = jnp.concatenate(model.anchor_generator.valid_flags(sizes, pad))
+      mask = anchor_inside_flags(anchors, valid, img, m.train_cfg.allowed_border)
+      t = model.anchor_targets(anchors, mask, gt, gt_labels)
+      focal = losses.sigmoid_focal_loss(logits, t["cls_targets"], m.loss.focal_gamma, m.loss.focal_alpha)
+      box = losses.box_regression_loss(deltas, t["box_targets"], m.loss.box_loss, m.loss.smooth_l1_beta)
+      cls_sums = jnp.stack([losses.weighted_sum(focal[s:e], t["cls_weights"][s:e])
+                            for s, e in zip(bounds[:-1], bounds[1:])])
+      box_sums = jnp.stack([losses.weighted_sum(box[s:e], t["box_weights"][s:e])
+                            for s, e in zip(bounds[:-1], bounds[1:])])
+      result = model.assigner.assign(anchors, gt, gt_labels, mask)
+      return dict(cls_sums=cls_sums, box_sums=box_sums, num_pos=t["num_pos"], valid=valid, mask=mask,
+                  gt_inds=result.gt_inds, max_overlaps=result.max_overlaps, labels=result.labels,
+                  cls_weights=t["cls_weights"], box_targets=t["box_targets"])
+
+    images = _images(arrays, case)
+    max_gts = max(len(arrays[f"in/{case}/gt_labels/img{b}"]) for b in images)
+
     def losses_for(drop_first_gt: bool):
       cls_sums, box_sums, num_pos = [], [], []
-      for b in _images(arrays, case):
-        gt = jnp.asarray(arrays[f"in/{case}/gt_bboxes/img{b}"], jnp.float32)
-        gt_labels = jnp.asarray(arrays[f"in/{case}/gt_labels/img{b}"], jnp.int32)
+      for b in images:
+        gt = arrays[f"in/{case}/gt_bboxes/img{b}"].astype(np.float32)
+        gt_labels = arrays[f"in/{case}/gt_labels/img{b}"].astype(np.int32)
         if drop_first_gt:
           gt, gt_labels = gt[1:], gt_labels[1:]
-        valid = jnp.concatenate(model.anchor_generator.valid_flags(sizes, jnp.asarray(pad_shape[b])))
-        mask = anchor_inside_flags(anchors, valid, jnp.asarray(img_shape[b]), m.train_cfg.allowed_border)
-        t = model.anchor_targets(anchors, mask, gt, gt_labels)
-        focal = losses.sigmoid_focal_loss(logits_all[b], t["cls_targets"], m.loss.focal_gamma, m.loss.focal_alpha)
-        box = losses.box_regression_loss(deltas_all[b], t["box_targets"], m.loss.box_loss, m.loss.smooth_l1_beta)
-        cls_sums.append([float(losses.weighted_sum(focal[s:e], t["cls_weights"][s:e]))
-                         for s, e in zip(bounds[:-1], bounds[1:])])
-        box_sums.append([float(losses.weighted_sum(box[s:e], t["box_weights"][s:e]))
-                         for s, e in zip(bounds[:-1], bounds[1:])])
+        pad = max_gts - len(gt_labels)
+        gt = np.concatenate([gt, np.zeros((pad, 4), np.float32)])
+        gt_labels = np.concatenate([gt_labels, np.full((pad,), -1, np.int32)])
+        t = jax.device_get(image_terms(logits_all[b], deltas_all[b], pad_shape[b], img_shape[b], gt, gt_labels))
+        cls_sums.append(t["cls_sums"])
+        box_sums.append(t["box_sums"])
         num_pos.append(float(t["num_pos"]))
         if not drop_first_gt:
-          result = model.assigner.assign(anchors, gt, gt_labels, mask)
-          mask_np = np.asarray(mask)
-          gt_inds = np.where(mask_np, np.asarray(result.gt_inds), -2)
+          gt_inds = np.where(t["mask"], t["gt_inds"], -2)
           pos = np.nonzero(gt_inds > 0)[0]
           prefix = f"assign/img{b}/"
-          ours[prefix + "valid_flags"] = ("exact", np.asarray(valid).astype(np.uint8), {})
+          ours[prefix + "valid_flags"] = ("exact", t["valid"].astype(np.uint8), {})
           ours[prefix + "gt_inds"] = ("exact", gt_inds, {})
-          ours[prefix + "max_overlaps"] = ("tensor", np.asarray(result.max_overlaps), {})
-          ours[prefix + "labels"] = ("exact", np.where(gt_inds > 0, np.asarray(result.labels), num_classes), {})
-          ours[prefix + "label_weights"] = ("tensor", np.asarray(t["cls_weights"]), {})
+          ours[prefix + "max_overlaps"] = ("tensor", t["max_overlaps"], {})
+          ours[prefix + "labels"] = ("exact", np.where(gt_inds > 0, t["labels"], num_classes), {})
+          ours[prefix + "label_weights"] = ("tensor", t["cls_weights"], {})
           ours[prefix + "pos_inds"] = ("exact", pos, {})
-          ours[prefix + "pos_bbox_targets"] = ("pos_targets", np.asarray(t["box_targets"]), {"pos": pos})
+          ours[prefix + "pos_bbox_targets"] = ("pos_targets", t["box_targets"], {"pos": pos})
       avg_factor = sum(max(n, 1.0) for n in num_pos)
       cls_levels = m.loss.cls_weight * np.sum(cls_sums, axis=0) / avg_factor
       box_levels = m.loss.box_weight * np.sum(box_sums, axis=0) / avg_factor
@@ -162,9 +177,11 @@ def run(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], report: Any) 
         ours[f"{stored}/img{b}"] = ("dets", {k: v[b] for k, v in dets.items()}, {})
     for stored, version in CAND_VERSIONS.items():
       cfg = TestConfig(**{**base_test_cfg, "version": version})
+      select = jax.jit(jax.vmap(lambda c, cfg=cfg: level_candidates(c, cfg)))
+      chosen = [jax.device_get(select(jnp.asarray(c))) for c, _ in per_level]
       for b in range(img_shape.shape[0]):
-        for i, (c, _) in enumerate(per_level):
-          anchor_index, labels, _, valid = jax.device_get(level_candidates(jnp.asarray(c[b]), cfg))
+        for i in range(len(per_level)):
+          anchor_index, labels, _, valid = (x[b] for x in chosen[i])
           if version == "mmdet3":
             ours[f"{stored}/img{b}/anchor_inds_l{i}"] = ("set", anchor_index[valid] * num_classes + labels[valid],
                                                          {"combine": f"{stored}/img{b}/labels_l{i}"})
