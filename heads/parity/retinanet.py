@@ -10,7 +10,6 @@ Conventions translated here (inputs/outputs only): NCHW <-> NHWC, mmdet's ``gt_i
 the valid region (ours leave them unassigned with zero weight), background label = num_classes.
 """
 
-import dataclasses
 import re
 from typing import Any, Dict, List, Mapping, Tuple
 
