@@ -10,6 +10,7 @@ evaluator), ``eval_results.json`` (AP, AP50, AP75, APs, APm, APl, ...) and ``det
 validation images with ground truth in white and detections coloured by class).
 """
 
+import copy
 import json
 import os
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -86,7 +87,7 @@ def resolve_epoch_schedule(config: ml_collections.ConfigDict,
     return config
   if steps_per_epoch <= 0:
     raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
-  config = ml_collections.ConfigDict(config)
+  config = copy.deepcopy(config)  # shares no FieldReference (placeholder) with the input
   with config.unlocked():
     config.num_training_steps = int(round(num_epochs * steps_per_epoch))
     decay_epochs = config.lr_configs.get("decay_epochs")
