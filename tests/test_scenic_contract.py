@@ -345,3 +345,29 @@ def test_a_scenic_named_config_drives_our_trainer(tmp_path):
   assert seen[0][2] == {"accuracy", "loss", "objective", "learning_rate"}
   assert sorted(p.name for p in (tmp_path / "work" / "checkpoints").iterdir()) == ["6"]
   assert np.isfinite(result.train_summary["loss"])
+
+
+def test_official_checkpoint_converted_for_scenic_loads_every_leaf(tmp_path, official_fixtures_dir):
+  """``convert_checkpoint --format scenic`` on an official (key-complete, zero-valued) CrossFormer-T dense
+  checkpoint -> Scenic's restorer -> ``init_from_pretrain_state`` fills every leaf of a Scenic module's
+  ``create_model("crossformer_t", name="backbone")``."""
+  import json  # pylint: disable=import-outside-toplevel
+  from flax.training import checkpoints  # pylint: disable=import-outside-toplevel
+  from backbones import convert_checkpoint  # pylint: disable=import-outside-toplevel
+  meta = json.loads((official_fixtures_dir / "keys_crossformer_t_backbone.json").read_text())
+  np.savez(tmp_path / "official.npz", **{k["key"]: np.full(k["shape"], 0.5, k["dtype"]) for k in meta["keys"]})
+  convert_checkpoint.main(["--input", str(tmp_path / "official.npz"), "--variant", "crossformer_t",
+                           "--format", "scenic", "--output", str(tmp_path / "scenic")])
+  restored = checkpoints.restore_checkpoint(str(tmp_path / "scenic"), None)
+
+  class _Embedding(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return backbones.create_model("crossformer_t", name="backbone")(x)["stage_4"]
+
+  shapes = jax.eval_shape(lambda: _Embedding().init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3))))
+  params = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"])
+  new_params, loaded = _scenic_replace_dict(params, restored["params"])
+  assert loaded == len(jax.tree.leaves(params)) == len(jax.tree.leaves(restored["params"]))
+  assert sum(int(np.size(v)) for v in jax.tree.leaves(new_params)) == meta["num_params"]
+  assert all(np.all(np.asarray(v) != 0) for v in jax.tree.leaves(new_params["backbone"]))
