@@ -2,9 +2,9 @@
 
 ``retinanet(variant)`` returns a complete RetinaNet-CrossFormer-``variant`` 1x job config; the per-recipe files
 (``configs/retinanet_crossformer_s_coco.py``, ``..._b_coco.py``) are one-line ``get_config()`` wrappers and the
-tiny job (``configs/tiny_coco.py``) shrinks one. Trainer / optimizer keys (Scenic's names) come from ``configs.common``, model
-keys are those of ``projects.detection.model.RetinaNetModel``, dataset keys those of
-``projects.detection.data.input_pipeline.get_dataset``.
+tiny job (``configs/tiny_coco.py``) shrinks one. Trainer / optimizer keys (Scenic's names) come from
+``configs.common``, model keys are those of ``projects.detection.model.RetinaNetModel``, dataset keys (plain
+values, ``DATASET_DEFAULTS``) those of ``projects.detection.data.input_pipeline.get_dataset``.
 
 Recipe (``detection/configs/retinanet_crossformer_{s,b}_fpn_1x_coco.py``, mmdet 2.x):
 * Backbone CrossFormer-S (drop_path 0.2) / -B (drop_path 0.3), G = (7, 7, 7, 7), I = (8, 4, 2, 1), all four
