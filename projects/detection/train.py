@@ -180,7 +180,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   model = registry.get_model_cls(config.get("model_name") or "crossformer_retinanet")(config, dataset.meta_data)
   evaluator = DetectionEvaluator(dataset.meta_data, model.predict, output_dir=workdir,
                                  num_examples=int(config.get("num_visualized_images", 4)))
-  result = trainer.train_and_evaluate(model, dataset, config, workdir, evaluator, mesh=mesh, **trainer_kwargs)
+  train_fn = registry.get_trainer(config.get("trainer_name") or "crossformer_trainer")
+  result = train_fn(model, dataset, config, workdir, evaluator, mesh=mesh, **trainer_kwargs)
   if jax.process_index() == 0 and result.eval_summary:
     path = write_results(result.eval_summary, workdir)
     logging.info("final box AP %.4f (results in %s)", result.eval_summary.get("AP", float("nan")), path)

@@ -154,8 +154,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     config_utils.save_config(config, workdir)
   model = registry.get_model_cls(config.get("model_name") or "crossformer_segmentation")(config, dataset.meta_data)
   evaluator = SegmentationEvaluator(model, num_examples=int(config.get("num_visualized_images", 4)))
-  result = trainer.train_and_evaluate(model, dataset, config, workdir, evaluator, mesh=mesh,
-                                      **trainer_kwargs)
+  train_fn = registry.get_trainer(config.get("trainer_name") or "crossformer_trainer")
+  result = train_fn(model, dataset, config, workdir, evaluator, mesh=mesh, **trainer_kwargs)
   if jax.process_index() == 0 and result.eval_summary:
     paths = write_results(result.eval_summary, workdir)
     logging.info("final mIoU %.4f (per-class IoU in %s)", result.eval_summary.get("mIoU", float("nan")),
