@@ -2,6 +2,9 @@
 
     python -m backbones.convert_checkpoint --input crossformer-s.pth --variant crossformer_s \
         --output crossformer_s.msgpack
+    # A Scenic train-state checkpoint (params={'backbone': ...}) for Scenic's restore_pretrained_checkpoint:
+    python -m backbones.convert_checkpoint --input crossformer-s.pth --variant crossformer_s \
+        --format scenic --output crossformer_s_scenic/
 
 ``--variant`` names the architecture; ``--official_kwargs`` takes the official constructor's
 arguments as JSON instead (as in the parity fixtures). Classification checkpoints keep their head
@@ -16,15 +19,26 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
+from backbones import scenic_checkpoint
 from backbones.checkpoint_io import save_converted
 from backbones.crossformer import convert
+from backbones.crossformer.model import CrossFormer
 from backbones.factory import create_model, list_models
+
+
+def features_only(module) -> bool:
+  """Whether ``module`` is a dense backbone (not the classifier)."""
+  return not isinstance(module, CrossFormer)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--input", required=True, help="official .pth/.pt or .npz state_dict")
-  parser.add_argument("--output", required=True, help="the .msgpack file to write")
+  parser.add_argument("--output", required=True,
+                      help="the .msgpack file to write (--format scenic: the checkpoint directory)")
+  parser.add_argument("--format", default="msgpack", choices=("msgpack", "scenic"),
+                      help="msgpack: our converted file; scenic: <output>/checkpoint_0, a Scenic train state "
+                           "with params={'backbone': ...} (the dense backbone)")
   arch = parser.add_mutually_exclusive_group(required=True)
   arch.add_argument("--variant", choices=list_models())
   arch.add_argument("--official_kwargs", help="JSON of the official constructor's arguments")
@@ -46,7 +60,15 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     module = create_model(args.variant, features_only=not classifier, num_classes=num_classes,
                           lda_mode=args.lda_mode)
     variables = convert.convert_state_dict(state_dict, module)
-  path = save_converted(args.output, module, variables)
+  if args.format == "scenic":
+    params = variables["params"]
+    if not features_only(module):
+      params = params["backbone"]  # the classifier's backbone; its head has no place in a dense model
+    path = scenic_checkpoint.save_scenic_checkpoint(args.output, params, metadata={
+        "source": str(args.input), "variant": str(args.variant or "official_kwargs"),
+        "lda_mode": args.lda_mode})
+  else:
+    path = save_converted(args.output, module, variables)
   n_params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(variables))
   print(f"wrote {path}: {type(module).__name__} with {n_params:,} parameters")
   return str(path)

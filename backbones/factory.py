@@ -19,26 +19,31 @@ def list_models() -> Sequence[str]:
   return sorted(VARIANTS)
 
 
-def create_model(name: str, *, features_only: bool = True,
+def create_model(model_name: str, *, features_only: bool = True,
                  out_indices: Sequence[int] = (0, 1, 2, 3), checkpoint: Optional[str] = None,
-                 num_classes: int = 1000, **overrides: Any
+                 num_classes: int = 1000, name: Optional[str] = None, **overrides: Any
                  ) -> Union[nn.Module, Tuple[nn.Module, Dict[str, Any]]]:
   """Creates a named CrossFormer variant.
 
+  Inside another module's ``@nn.compact`` method, ``create_model("crossformer_s", name="backbone")(x)``
+  makes the backbone a sub-module whose parameters are ``params["backbone"]`` (where Scenic's
+  ``init_from_pretrain_state`` and our trainer load pretrained weights).
+
   Args:
-    name: one of :func:`list_models` (``crossformer_t/s/b/l``).
+    model_name: one of :func:`list_models` (``crossformer_t/s/b/l``).
     features_only: the dense backbone returning ``{'stage_i': map}`` (else the classifier).
     out_indices: which stages (0..3) the backbone returns.
     checkpoint: a converted ``.msgpack`` (see ``backbones.convert_checkpoint``) or an official
       ``.pth``/``.npz`` state_dict; when given, ``(module, variables)`` is returned.
     num_classes: classes of the classifier (``features_only=False``).
+    name: the Flax module name (``None``: Flax's automatic name, e.g. ``CrossFormerBackbone_0``).
     **overrides: backbone arguments replacing the variant's (``embed_dim`` sets all four widths),
       e.g. ``drop_path_rate``, ``lda_mode``, ``dtype``, ``remat``, ``group_sizes``, ``intervals``.
 
   Returns:
     The Flax module, or ``(module, variables)`` when ``checkpoint`` is given.
   """
-  kwargs = variant_kwargs(name)
+  kwargs = variant_kwargs(model_name)
   if "embed_dim" in overrides:
     embed_dim = overrides.pop("embed_dim")
     kwargs["dims"] = tuple(embed_dim * 2 ** i for i in range(len(kwargs["depths"])))
@@ -47,9 +52,9 @@ def create_model(name: str, *, features_only: bool = True,
     raise ValueError(f"unknown CrossFormer arguments {sorted(unknown)}")
   kwargs.update(overrides)
   if features_only:
-    module = CrossFormerBackbone(**kwargs, out_indices=tuple(out_indices))
+    module = CrossFormerBackbone(**kwargs, out_indices=tuple(out_indices), name=name)
   else:
-    module = CrossFormer(num_classes=num_classes, **_classifier_kwargs(kwargs))
+    module = CrossFormer(num_classes=num_classes, **_classifier_kwargs(kwargs), name=name)
   if checkpoint is None:
     return module
   return module, load_variables(module, checkpoint)

@@ -77,7 +77,7 @@ def main(argv: Sequence[str] = None) -> None:
   args = parser.parse_args(argv)
   height, width = (int(v) for v in args.size.split("x"))
   config = config_utils.load_config(args.config, {"model.dtype": args.dtype,
-                                                  "num_epochs": 0, "num_training_steps": 1000})
+                                                  "num_training_epochs": 0, "num_training_steps": 1000})
   mesh = sharding.create_mesh()
   model = RetinaNetModel(config, {"num_classes": NUM_CLASSES})
   dtype = trainer.compute_dtype(config)
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] = None) -> None:
   print(f"device: {device.platform} {device.device_kind} x{jax.device_count()}, {config.experiment_name}, "
         f"input {height}x{width}, batch {args.batch}, dtype {args.dtype}, jax {jax.__version__}", flush=True)
 
-  schedule = optim.create_lr_schedule(config.lr_schedule, config.num_training_steps)
+  schedule = optim.create_lr_schedule(config.lr_configs, config.num_training_steps)
   tx = optim.create_optimizer(config, schedule)
   # Parameters do not depend on the input size: initialise at a small one.
   with config.unlocked():

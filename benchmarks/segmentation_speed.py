@@ -47,9 +47,9 @@ def benchmark_train_step(config, batch_size: int, size: int, steps: int, warmup:
   with config.unlocked():
     config.init_input_shape = (1, size, size, 3)
     config.batch_size = batch_size
-    config.model.backbone.checkpoint = None
+    config.init_from.checkpoint_path = None
   model = SegmentationModel(config, {"num_classes": num_classes})
-  schedule = optim.create_lr_schedule(config.lr_schedule, int(config.num_training_steps))
+  schedule = optim.create_lr_schedule(config.lr_configs, int(config.num_training_steps))
   tx = optim.create_optimizer(config, schedule)
   start = time.perf_counter()
   state = trainer.initialize_state(model, config, None, tx, mesh)

@@ -2,9 +2,9 @@
 
 ``retinanet(variant)`` returns a complete RetinaNet-CrossFormer-``variant`` 1x job config; the per-recipe files
 (``configs/retinanet_crossformer_s_coco.py``, ``..._b_coco.py``) are one-line ``get_config()`` wrappers and the
-tiny job (``configs/tiny_coco.py``) shrinks one. Trainer / optimizer keys come from ``configs.common``, model
-keys are those of ``projects.detection.model.RetinaNetModel``, dataset keys those of
-``projects.detection.data.input_pipeline.get_dataset``.
+tiny job (``configs/tiny_coco.py``) shrinks one. Trainer / optimizer keys (Scenic's names) come from
+``configs.common``, model keys are those of ``projects.detection.model.RetinaNetModel``, dataset keys (plain
+values, ``DATASET_DEFAULTS``) those of ``projects.detection.data.input_pipeline.get_dataset``.
 
 Recipe (``detection/configs/retinanet_crossformer_{s,b}_fpn_1x_coco.py``, mmdet 2.x):
 * Backbone CrossFormer-S (drop_path 0.2) / -B (drop_path 0.3), G = (7, 7, 7, 7), I = (8, 4, 2, 1), all four
@@ -18,21 +18,22 @@ Recipe (``detection/configs/retinanet_crossformer_{s,b}_fpn_1x_coco.py``, mmdet 
   annotations are skipped.
 * Test: ``nms_pre`` 1000, score > 0.05, NMS IoU 0.5, 100 detections per image; evaluation every epoch.
 
-Epochs -> steps: the shared trainer counts optimizer steps (``num_training_steps``, ``lr_schedule.milestones``).
-A config with ``num_epochs > 0`` is converted by the job (``projects.detection.train.resolve_epoch_schedule``)
-from the *actual* number of steps per epoch that the input pipeline plans for the configured dataset and
-global batch size (``meta_data["steps_per_epoch"]``: mmdet's ``GroupSampler`` with one group per padded shape
-bucket, each bucket padded up to whole batches):
-``num_training_steps = num_epochs * steps_per_epoch``, ``milestones = milestone_epochs * steps_per_epoch``
-(a milestone at epoch e means "lower the rate from the first step of epoch e + 1", as mmcv's epoch-based
-``StepLrUpdaterHook``), ``log_eval_steps = eval_every_epochs * steps_per_epoch`` and ``checkpoint_steps =
-checkpoint_every_epochs * steps_per_epoch``. The warm-up stays in iterations (500), as in mmcv.
-The values written into these configs are the nominal ones for COCO train2017 at batch 16:
-117,266 images with annotations -> ceil(117266 / 16) = 7,330 steps per epoch, 87,960 steps in all, milestones
-at steps 58,640 and 80,630 (the pipeline's bucketed count is a few steps larger and replaces them at run
-time). Set ``--config.num_epochs=0`` to train exactly ``num_training_steps`` with ``lr_schedule.milestones``.
+Epochs -> steps: Scenic's ``num_training_epochs`` (12) is set and ``num_training_steps`` left None. Our job
+(``projects.detection.train.resolve_epoch_schedule``) converts the epochs with the *actual* number of steps per
+epoch that the input pipeline plans for the configured dataset and global batch size
+(``meta_data["steps_per_epoch"]``: mmdet's ``GroupSampler`` with one group per padded shape bucket, each bucket
+padded up to whole batches): ``num_training_steps = num_training_epochs * steps_per_epoch``,
+``lr_configs.decay_events = decay_epochs * steps_per_epoch - 1`` (a milestone at epoch e means "lower the rate
+from the first step of epoch e + 1", as mmcv's epoch-based ``StepLrUpdaterHook``; Scenic's piecewise-constant
+factor lowers it *after* an event, hence the -1), ``log_eval_steps = eval_every_epochs * steps_per_epoch`` and
+``checkpoint_steps = checkpoint_every_epochs * steps_per_epoch``. The warm-up stays in iterations (500), as in
+mmcv. The ``decay_events`` written into these configs are the nominal ones for COCO train2017 at batch 16 (what
+Scenic's trainers use): 117,266 images with annotations -> ceil(117266 / 16) = 7,330 steps per epoch, 87,960
+steps in all, milestones at steps 58,640 and 80,630 (the pipeline's bucketed count is a few steps larger and
+replaces them at run time in our job). Set ``--config.num_training_epochs=0 --config.num_training_steps=N`` to
+train exactly N steps with the given ``lr_configs.decay_events``.
 
-The released results use an ImageNet-pretrained backbone: set ``model.backbone.checkpoint`` to a converted
+The released results use an ImageNet-pretrained backbone: set ``init_from.checkpoint_path`` to a converted
 checkpoint (``python -m backbones.convert_checkpoint``).
 """
 
@@ -46,6 +47,8 @@ from configs import common
 
 # COCO train2017: 118,287 images, of which 117,266 have at least one annotation (mmdet's filter_empty_gt).
 COCO_TRAIN_IMAGES = 117_266
+MODEL_NAME = "crossformer_retinanet"  # projects.registry
+DATASET_NAME = "coco"  # projects.registry
 DETECTION_VARIANTS = ("s", "b")
 # Released RetinaNet models (detection/README.md of github.com/cheerss/CrossFormer; Google Drive file ids).
 OFFICIAL_RETINANET = {"s": "1OEEottS4fYGVZcPZG6WuBlKMK0tZLPZW", "b": "1TOuLLf_S4Ixo6COvaHQAocACR4NKKnGz"}
@@ -56,14 +59,32 @@ def epochs_to_steps(epochs: float, num_images: int, batch_size: int) -> int:
   return int(round(epochs * math.ceil(num_images / batch_size)))
 
 
+# The official mmdet COCO pipeline, as plain values (``projects.detection.data.input_pipeline`` reads them).
+DATASET_DEFAULTS = dict(
+    builder="coco_tree",  # or "coco" (tfds's stock builder fed the official zips)
+    builder_config="2017",
+    data_dir=None,  # the tfds data dir; --config.dataset.data_dir=DIR
+    manual_dir=None,  # the extracted COCO tree (coco_tree) or the zips (coco)
+    annotation_file=None,  # None: instances_val2017.json of manual_dir
+    train_split="train",
+    eval_split="validation",
+    image_scale=(1333, 800),  # keep-ratio Resize
+    size_divisor=32,
+    bucket_aspect_ratios=(1.0, 1.34),
+    max_boxes=100,
+    flip_prob=0.5,
+    min_image_size=32,
+    num_parallel_calls=-1,
+    prefetch=2,
+)
+
+
 def dataset_config(**overrides) -> ml_collections.ConfigDict:
-  """``config.dataset``: the pipeline's defaults (COCO 2017, official mmdet recipe) with ``overrides``."""
-  from projects.detection.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  config = input_pipeline.default_dataset_config()
-  for key, value in overrides.items():
-    if key not in config:
-      raise ValueError(f"unknown dataset key {key!r}; known: {sorted(config.keys())}")
-    config[key] = value
+  """``config.dataset``: the official recipe's values (``DATASET_DEFAULTS``) with ``overrides``."""
+  unknown = sorted(set(overrides) - set(DATASET_DEFAULTS))
+  if unknown:
+    raise ValueError(f"unknown dataset keys {unknown}; known: {sorted(DATASET_DEFAULTS)}")
+  config = ml_collections.ConfigDict({**DATASET_DEFAULTS, **overrides})
   for key in ("data_dir", "manual_dir", "annotation_file"):
     if config[key] is None:
       config[key] = config_dict.placeholder(str)  # settable with --config.dataset.<key>=...
@@ -93,17 +114,25 @@ def retinanet_model_config(variant: str) -> ml_collections.ConfigDict:
 
 def epoch_schedule(config: ml_collections.ConfigDict, num_epochs: int, milestone_epochs: Sequence[int],
                    num_images: int) -> None:
-  """Sets the epoch keys of ``config`` and their nominal step values for ``num_images`` training images."""
+  """Sets the epoch keys of ``config`` and their nominal step values for ``num_images`` training images.
+
+  ``num_training_epochs`` (Scenic's) is set and ``num_training_steps`` left None; the nominal
+  ``lr_configs.decay_events`` (Scenic's piecewise-constant boundaries: the last step before each milestone)
+  serve Scenic's trainers, ours recomputes them from ``lr_configs.decay_epochs`` and the dataset's real
+  steps per epoch (``projects.detection.train.resolve_epoch_schedule``).
+  """
   batch = int(config.batch_size)
   steps_per_epoch = epochs_to_steps(1, num_images, batch)
-  config.num_epochs = num_epochs
+  config.num_training_epochs = num_epochs
+  config.num_training_steps = None
   config.eval_every_epochs = 1
   config.checkpoint_every_epochs = 1
-  config.num_training_steps = num_epochs * steps_per_epoch
   config.log_eval_steps = steps_per_epoch
   config.checkpoint_steps = steps_per_epoch
-  config.lr_schedule.milestone_epochs = tuple(int(e) for e in milestone_epochs)
-  config.lr_schedule.milestones = tuple(int(e) * steps_per_epoch for e in milestone_epochs)
+  config.lr_configs.decay_epochs = tuple(int(e) for e in milestone_epochs)
+  config.lr_configs.decay_events = [int(e) * steps_per_epoch - 1 for e in milestone_epochs]
+  config.lr_configs.decay_factors = [float(config.lr_configs.get("gamma", 0.1)) ** (i + 1)
+                                     for i in range(len(milestone_epochs))]
 
 
 def retinanet(variant: str) -> ml_collections.ConfigDict:
@@ -111,20 +140,22 @@ def retinanet(variant: str) -> ml_collections.ConfigDict:
   if variant not in DETECTION_VARIANTS:
     raise ValueError(f"the official RetinaNet recipes exist for CrossFormer {DETECTION_VARIANTS}, "
                      f"got {variant!r}")
-  config = common.trainer_config(num_training_steps=1, batch_size=16, eval_batch_size=16,
-                                 log_summary_steps=50, max_checkpoints_to_keep=3)
+  config = common.trainer_config(None, batch_size=16, eval_batch_size=16, log_summary_steps=50,
+                                 max_checkpoint_keep=3)
   config.experiment_name = f"retinanet_crossformer_{variant}_coco"
+  config.model_name = MODEL_NAME
+  config.dataset_name = DATASET_NAME
   config.dataset = dataset_config()
   # dict(num_train, num_val, seed, manual_dir) to generate the synthetic COCO-format tree and build it with
   # the coco_tree builder into dataset.data_dir (default <workdir>/data) when missing (configs/tiny_coco.py).
   config.synthetic_data = None
   config.num_visualized_images = 4
   config.visualization_score_threshold = 0.3
-  config.l2_decay_factor = config_dict.placeholder(float)
   config.model = retinanet_model_config(variant)
-  config.optimizer = common.adamw(weight_decay=1e-4)
-  config.lr_schedule = common.step_schedule(base_lr=1e-4, milestones=(), gamma=0.1, warmup_steps=500,
-                                            warmup_ratio=0.001)
+  common.adamw(config, weight_decay=1e-4)
+  config.lr_configs = common.mmcv_lr_configs(1e-4, policy="step", milestones=(), gamma=0.1, warmup_steps=500,
+                                             warmup_ratio=0.001)
+  config.lr_configs.gamma = 0.1  # ours: the factor per milestone epoch (decay_epochs)
   epoch_schedule(config, num_epochs=12, milestone_epochs=(8, 11), num_images=COCO_TRAIN_IMAGES)
   # The released checkpoint (the README names no file: save the download under this name).
   config.official_checkpoint = f"retinanet_crossformer_{variant}_fpn_1x_coco.pth"

@@ -1,7 +1,7 @@
 """Semantic FPN + CrossFormer-B on ADE20K (official recipe, 80k iterations, batch 16).
 
 python -m projects.segmentation.main --config configs/fpn_crossformer_b_ade20k.py --workdir DIR \
-    --config.dataset.data_dir=TFDS_DIR --config.model.backbone.checkpoint=CONVERTED_IMAGENET_CKPT
+    --config.dataset.data_dir=TFDS_DIR --config.init_from.checkpoint_path=CONVERTED_IMAGENET_CKPT
 """
 
 from configs import segmentation_base

@@ -3,7 +3,7 @@
 v1 group sizes (14, 14, 7, 7), intervals (16, 8, 2, 1).
 
 python -m projects.segmentation.main --config configs/fpn_crossformer_s_ade20k.py --workdir DIR \
-    --config.dataset.data_dir=TFDS_DIR --config.model.backbone.checkpoint=CONVERTED_IMAGENET_CKPT
+    --config.dataset.data_dir=TFDS_DIR --config.init_from.checkpoint_path=CONVERTED_IMAGENET_CKPT
 """
 
 from configs import segmentation_base

@@ -2,7 +2,7 @@
 
 python -m projects.detection.main --config configs/retinanet_crossformer_s_coco.py --workdir DIR \
     --config.dataset.data_dir=TFDS_DIR --config.dataset.manual_dir=COCO_DIR \
-    --config.model.backbone.checkpoint=CONVERTED_IMAGENET_CKPT
+    --config.init_from.checkpoint_path=CONVERTED_IMAGENET_CKPT
 
 The 12 epochs (step decay at epochs 8 and 11) are converted to steps from the prepared dataset's size and the
 batch size at start-up (``configs/detection_base.py``).

@@ -18,12 +18,16 @@ Recipes:
   photometric distortion, pad to 512; test ``AlignResize(2048, 512)`` keep-ratio to multiples of 32.
 * Loss: mmseg 0.x ``CrossEntropyLoss`` averages over *all* pixels (ignored ones count 0):
   ``avg_non_ignore=False``.
-* Weight decay: this library never decays norms, biases and the backbone's DPB MLPs (``pos``). The official
-  UperNet excludes only norms (``paramwise_cfg`` norm decay_mult 0) and the official FPN excludes nothing;
-  reproduce those with ``--config.optimizer.no_decay_keywords='("norm",)' --config.optimizer.decay_1d=True``
-  (and ``no_decay_backbone_keywords='()'``).
+* Weight decay: these configs never decay norms, biases (``optimizer_configs.skip_scale_and_bias_regularization``,
+  Scenic's) and the backbone's DPB MLPs (``weight_decay_configs``, ours; Scenic's trainers ignore it). The
+  official UperNet excludes only norms (``paramwise_cfg`` norm decay_mult 0) and the official FPN excludes
+  nothing; reproduce those with ``--config.weight_decay_configs.no_decay_keywords='("norm",)'
+  --config.weight_decay_configs.no_decay_backbone_keywords='()'
+  --config.optimizer_configs.skip_scale_and_bias_regularization=False``.
+* Schedules are Scenic ``lr_configs`` that reproduce mmcv's exactly (``configs.common.mmcv_lr_configs``);
+  ``lr_configs.decay_steps`` follows ``num_training_steps`` (a ``FieldReference``).
 
-The released results use an ImageNet-pretrained backbone: set ``model.backbone.checkpoint`` to a converted
+The released results use an ImageNet-pretrained backbone: set ``init_from.checkpoint_path`` to a converted
 checkpoint (``python -m backbones.convert_checkpoint``).
 """
 
@@ -52,17 +56,35 @@ def set_official_checkpoint(config: ml_collections.ConfigDict, name: str, drive_
                                     else DRIVE_URL.format(drive_ids[variant]))
 
 
+MODEL_NAME = "crossformer_segmentation"  # projects.registry
+DATASET_NAME = "ade20k"  # projects.registry
 FPN_V1_GROUPS = {"s": ((14, 14, 7, 7), (16, 8, 2, 1)), "l": ((14, 14, 7, 7), (16, 8, 2, 1))}
 
 
+# The official mmseg ADE20K pipeline, as plain values (``projects.segmentation.data.pipeline`` reads them).
+DATASET_DEFAULTS = dict(
+    name="ade20k_challenge",
+    data_dir=None,  # the tfds data dir (None: tfds's default); --config.dataset.data_dir=DIR
+    num_classes=NUM_CLASSES,
+    scale=(2048, 512),  # train Resize, ratio_range x
+    ratio_range=(0.5, 2.0),
+    crop_size=(512, 512),
+    cat_max_ratio=0.75,
+    flip_prob=0.5,
+    photometric_distortion=True,
+    shuffle_buffer_size=2048,
+    eval_scale=(2048, 512),  # test AlignResize
+    size_divisor=32,
+    eval_buckets=None,  # None: the pipeline's landscape/portrait buckets for eval_scale
+)
+
+
 def dataset_config(**overrides) -> ml_collections.ConfigDict:
-  """``config.dataset``: the pipeline's defaults (the official mmseg recipe) with ``overrides``."""
-  from projects.segmentation.data import pipeline  # pylint: disable=g-import-not-at-top
-  config = pipeline.default_dataset_config()
-  for key, value in overrides.items():
-    if key not in config:
-      raise ValueError(f"unknown dataset key {key!r}; known: {sorted(config.keys())}")
-    config[key] = value
+  """``config.dataset``: the official recipe's values (``DATASET_DEFAULTS``) with ``overrides``."""
+  unknown = sorted(set(overrides) - set(DATASET_DEFAULTS))
+  if unknown:
+    raise ValueError(f"unknown dataset keys {unknown}; known: {sorted(DATASET_DEFAULTS)}")
+  config = ml_collections.ConfigDict({**DATASET_DEFAULTS, **overrides})
   if config.data_dir is None:
     config.data_dir = config_dict.placeholder(str)  # settable with --config.dataset.data_dir=DIR
   return config
@@ -72,13 +94,13 @@ def _base(variant: str, num_training_steps: int, batch_size: int) -> ml_collecti
   config = common.trainer_config(num_training_steps, batch_size, eval_batch_size=batch_size,
                                  log_summary_steps=50, log_eval_steps=num_training_steps // 10,
                                  checkpoint_steps=4000)
-  config.experiment_name = ""
+  config.model_name = MODEL_NAME
+  config.dataset_name = DATASET_NAME
   config.dataset = dataset_config()
   # dict(num_train, num_val, seed, short_side, max_aspect, manual_dir) to generate and build the synthetic
   # ADE20K stand-in into dataset.data_dir (default <workdir>/data) when missing (configs/tiny_ade20k.py).
   config.synthetic_data = None
   config.num_visualized_images = 4
-  config.l2_decay_factor = config_dict.placeholder(float)
   config.model = ml_collections.ConfigDict(dict(
       backbone=common.backbone_config(variant),
       neck=None,
@@ -87,8 +109,16 @@ def _base(variant: str, num_training_steps: int, batch_size: int) -> ml_collecti
       dtype="float32",  # "bfloat16" for mixed precision (params stay float32)
       norm_axis_name=None,  # None: BatchNorm statistics over the global batch (jit over global arrays)
       avg_non_ignore=False,
+      ignore_label=-1,  # the pipeline marks ADE20K's "other" and all padding -1
   ))
   return config
+
+
+def _poly(config: ml_collections.ConfigDict, base_lr: float, power: float, warmup_steps: int = 0,
+          warmup_ratio: float = 1e-6) -> ml_collections.ConfigDict:
+  """mmcv poly (min_lr 0) over ``num_training_steps`` with linear warm-up, as Scenic ``lr_configs``."""
+  return common.mmcv_lr_configs(base_lr, policy="poly", power=power, min_lr=0.0, warmup_steps=warmup_steps,
+                                warmup_ratio=warmup_ratio, decay_steps=config.get_ref("num_training_steps"))
 
 
 def semantic_fpn(variant: str, group_sizes: Optional[Sequence[int]] = None,
@@ -101,8 +131,8 @@ def semantic_fpn(variant: str, group_sizes: Optional[Sequence[int]] = None,
   config.model.neck = ml_collections.ConfigDict(dict(out_channels=256, num_outs=4, start_level=0, norm="none"))
   config.model.decode_head = ml_collections.ConfigDict(dict(
       type="semantic_fpn", channels=128, feature_strides=(4, 8, 16, 32), dropout=0.1, norm="batch"))
-  config.optimizer = common.adamw(weight_decay=1e-4)
-  config.lr_schedule = common.poly_schedule(base_lr=1e-4, power=0.9, min_lr=0.0)
+  common.adamw(config, weight_decay=1e-4)
+  config.lr_configs = _poly(config, base_lr=1e-4, power=0.9)
   set_official_checkpoint(config, f"fpn_crossformer_{variant}_ade20k", OFFICIAL_FPN, variant)
   return config
 
@@ -115,8 +145,7 @@ def upernet(variant: str) -> ml_collections.ConfigDict:
       type="upernet", channels=512, pool_scales=(1, 2, 3, 6), dropout=0.1, norm="batch"))
   config.model.auxiliary_head = ml_collections.ConfigDict(dict(
       channels=256, in_index=2, num_convs=1, concat_input=False, dropout=0.1, norm="batch", loss_weight=0.4))
-  config.optimizer = common.adamw(weight_decay=0.01, b1=0.9, b2=0.999)
-  config.lr_schedule = common.poly_schedule(base_lr=6e-5, power=1.0, min_lr=0.0, warmup_steps=1500,
-                                            warmup_ratio=1e-6)
+  common.adamw(config, weight_decay=0.01, b1=0.9, b2=0.999)
+  config.lr_configs = _poly(config, base_lr=6e-5, power=1.0, warmup_steps=1500, warmup_ratio=1e-6)
   set_official_checkpoint(config, f"upernet_crossformer_{variant}_ade20k", OFFICIAL_UPERNET, variant)
   return config

@@ -23,7 +23,7 @@ def get_config():
   config.log_summary_steps = 20
   config.log_eval_steps = 150
   config.checkpoint_steps = 150
-  config.max_checkpoints_to_keep = 1
+  config.max_checkpoint_keep = 1
   config.model.backbone = common.backbone_config(
       "s", group_sizes=(7, 7, 7, 7), intervals=(4, 2, 1, 1), embed_dim=32, depths=(1, 1, 1, 1),
       num_heads=(1, 2, 4, 8))
@@ -31,9 +31,9 @@ def get_config():
   config.model.neck.out_channels = 32
   config.model.decode_head.channels = 32
   config.model.avg_non_ignore = True
-  config.optimizer = common.adamw(weight_decay=1e-4)
-  config.lr_schedule = common.poly_schedule(base_lr=2e-3, power=0.9, min_lr=1e-5, warmup_steps=20,
-                                            warmup_ratio=0.1)
+  common.adamw(config, weight_decay=1e-4)
+  config.lr_configs = common.mmcv_lr_configs(2e-3, policy="poly", power=0.9, min_lr=1e-5, warmup_steps=20,
+                                             warmup_ratio=0.1, decay_steps=config.get_ref("num_training_steps"))
   # Small images: the synthetic release's short side is 96-160 px (aspect ratios up to 2); training
   # rescales to (256, 128) x ratio 0.5-2.0 and crops 128 x 128; evaluation AlignResizes to (256, 128) into
   # two padded buckets (landscape, portrait): two eval programs to compile.

@@ -32,7 +32,7 @@ def get_config():
   config.experiment_name = "tiny_coco"
   config.batch_size = config.eval_batch_size = 8
   config.log_summary_steps = 20
-  config.max_checkpoints_to_keep = 1
+  config.max_checkpoint_keep = 1
   config.synthetic_data = dict(num_train=128, num_val=32, seed=0, manual_dir=None)
   config.dataset = detection_base.dataset_config(
       image_scale=(256, 256), bucket_aspect_ratios=(1.0,), max_boxes=8)
@@ -43,9 +43,10 @@ def get_config():
   config.model.neck.out_channels = 32
   config.model.bbox_head.feat_channels = 32
   config.model.bbox_head.stacked_convs = 2
-  config.optimizer = common.adamw(weight_decay=1e-4)
-  config.lr_schedule = common.step_schedule(base_lr=5e-4, milestones=(), gamma=0.1, warmup_steps=20,
-                                            warmup_ratio=0.01)
+  common.adamw(config, weight_decay=1e-4)
+  config.lr_configs = common.mmcv_lr_configs(5e-4, policy="step", milestones=(), gamma=0.1, warmup_steps=20,
+                                             warmup_ratio=0.01)
+  config.lr_configs.gamma = 0.1
   # 128 training images (127 with objects: image 0 is empty) at batch 8: 16 steps per epoch. The nominal
   # values set here are recomputed from the prepared dataset at start-up.
   detection_base.epoch_schedule(config, num_epochs=12, milestone_epochs=(8, 11), num_images=127)

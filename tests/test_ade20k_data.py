@@ -43,7 +43,7 @@ def _config(data_dir, **dataset):
   settings = dict(data_dir=data_dir, scale=(128, 32), crop_size=(32, 32), eval_scale=(128, 32),
                   shuffle_buffer_size=4)
   settings.update(dataset)
-  return ml_collections.ConfigDict(dict(seed=0, batch_size=4, eval_batch_size=2, dataset=settings))
+  return ml_collections.ConfigDict(dict(rng_seed=0, batch_size=4, eval_batch_size=2, dataset=settings))
 
 
 def _take(iterator, n):
@@ -227,7 +227,7 @@ def test_train_is_deterministic_and_resumable(data_dir):
   run = _take(dataset.train_iter_fn(0), 6)
   for a, b in zip(run[4:], _take(dataset.train_iter_fn(4), 2)):
     _assert_batches_equal(a, b)
-  other_seed = pipeline.get_dataset(ml_collections.ConfigDict({**_config(data_dir).to_dict(), "seed": 1}))
+  other_seed = pipeline.get_dataset(ml_collections.ConfigDict({**_config(data_dir).to_dict(), "rng_seed": 1}))
   assert not np.array_equal(next(other_seed.train_iter_fn(0))["inputs"], run[0]["inputs"])
   # Two processes: each yields its half of the global batch, from disjoint example slices.
   halves = [pipeline.get_dataset(_config(data_dir, photometric_distortion=False), process_index=p,

@@ -30,7 +30,7 @@ def coco_tree(tmp_path_factory):
 
 def _config(data_dir, batch_size=4, seed=0, **dataset):
   return ml_collections.ConfigDict({
-      "seed": seed, "batch_size": batch_size, "eval_batch_size": 4,
+      "rng_seed": seed, "batch_size": batch_size, "eval_batch_size": 4,
       "dataset": {"data_dir": data_dir, "image_scale": IMAGE_SCALE, "max_boxes": MAX_BOXES,
                   "bucket_aspect_ratios": (1.0, 1.34), "num_parallel_calls": 1, **dataset}})
 

@@ -79,7 +79,7 @@ def test_loss_respects_batch_mask_and_padding(model_and_variables):
   loss_fn = jax.jit(model.loss_function)
   loss, metrics = loss_fn(outputs, batch)
   assert np.isfinite(float(loss))
-  total, avg_factor = metrics["total_loss"]
+  total, avg_factor = metrics["loss"]
   np.testing.assert_allclose(float(loss), float(total) / float(avg_factor), rtol=1e-6)
   num_pos, images = metrics["num_pos"]
   assert float(images) == 2 and float(num_pos) >= 5  # every ground truth gets at least one anchor

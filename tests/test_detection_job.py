@@ -23,7 +23,7 @@ from projects.detection.model import RetinaNetModel
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Shared by the two tiny runs so that the second one finds its programs in the compilation cache.
 TINY_OVERRIDES = {
-    "num_epochs": 0, "progress_bar": False, "log_eval_steps": 0, "lr_schedule.warmup_steps": 0,
+    "num_training_epochs": 0, "progress_bar": False, "log_eval_steps": 0, "lr_configs.warmup_steps": 0,
     "dataset.image_scale": (128, 128), "dataset.num_parallel_calls": 1,
 }
 
@@ -36,14 +36,19 @@ def _config_path(name):
 def test_recipe_configs_match_the_official_recipe(variant):
   config = config_utils.load_config(_config_path(f"retinanet_crossformer_{variant}_coco"))
   assert config.batch_size == 16
-  assert (config.optimizer.name, config.optimizer.weight_decay, config.lr_schedule.base_lr) == ("adamw", 1e-4,
-                                                                                                1e-4)
-  assert not config.optimizer.grad_clip_norm
-  schedule = config.lr_schedule
-  assert (schedule.name, schedule.gamma, schedule.warmup_steps, schedule.warmup_ratio) == ("step", 0.1, 500, 0.001)
-  assert config.num_epochs == 12 and tuple(schedule.milestone_epochs) == (8, 11)
-  # Nominal COCO train2017 values at batch 16: ceil(117266 / 16) = 7330 steps per epoch.
-  assert config.num_training_steps == 12 * 7330 and tuple(schedule.milestones) == (8 * 7330, 11 * 7330)
+  assert (config.optimizer, config.optimizer_configs.weight_decay, config.lr_configs.base_learning_rate) == (
+      "adamw", 1e-4, 1e-4)
+  assert not config.optimizer_configs.grad_clip.clip_value
+  assert (config.model_name, config.dataset_name) == ("crossformer_retinanet", "coco")
+  schedule = config.lr_configs
+  assert (schedule.factors, schedule.warmup_steps, schedule.warmup_alpha) == (
+      "constant * piecewise_constant * linear_warmup", 500, 0.001)
+  assert config.num_training_epochs == 12 and tuple(schedule.decay_epochs) == (8, 11)
+  # Scenic's rule: epochs, not steps. Nominal COCO train2017 values at batch 16: ceil(117266 / 16) = 7330 steps
+  # per epoch; Scenic lowers the rate after each decay event, mmcv from the milestone step on.
+  assert config.num_training_steps is None
+  assert list(schedule.decay_events) == [8 * 7330 - 1, 11 * 7330 - 1]
+  assert list(schedule.decay_factors) == pytest.approx([0.1, 0.01])
   backbone = config.model.backbone
   assert backbone.name == f"crossformer_{variant}"
   assert backbone.drop_path_rate == {"s": 0.2, "b": 0.3}[variant]
@@ -72,17 +77,17 @@ def test_epoch_schedule_is_converted_with_the_pipelines_steps_per_epoch():
   config = config_utils.load_config(_config_path("retinanet_crossformer_s_coco"))
   resolved = train.resolve_epoch_schedule(config, steps_per_epoch=7336)
   assert resolved.num_training_steps == 12 * 7336
-  assert tuple(resolved.lr_schedule.milestones) == (8 * 7336, 11 * 7336)
+  assert list(resolved.lr_configs.decay_events) == [8 * 7336 - 1, 11 * 7336 - 1]
   assert resolved.log_eval_steps == resolved.checkpoint_steps == 7336
-  assert config.num_training_steps == 12 * 7330  # the input config is not modified
-  schedule = optim.create_lr_schedule(resolved.lr_schedule, resolved.num_training_steps)
+  assert config.num_training_steps is None  # the input config is not modified
+  schedule = optim.create_lr_schedule(resolved.lr_configs, resolved.num_training_steps)
   lr = lambda step: float(schedule(jnp.asarray(step)))
   assert lr(0) == pytest.approx(1e-7)  # warm-up from ratio 0.001
   assert lr(500) == pytest.approx(1e-4)
   # Last step of epoch 8 / first of epoch 9 (1-based), last of epoch 11 / first of epoch 12.
   assert lr(8 * 7336 - 1) == pytest.approx(1e-4) and lr(8 * 7336) == pytest.approx(1e-5)
   assert lr(11 * 7336 - 1) == pytest.approx(1e-5) and lr(11 * 7336) == pytest.approx(1e-6)
-  step_based = config_utils.apply_overrides(config, {"num_epochs": 0, "num_training_steps": 50})
+  step_based = config_utils.apply_overrides(config, {"num_training_epochs": 0, "num_training_steps": 50})
   assert train.resolve_epoch_schedule(step_based, 7336).num_training_steps == 50
   with pytest.raises(ValueError, match="steps_per_epoch"):
     train.resolve_epoch_schedule(config, 0)
@@ -147,7 +152,7 @@ def test_tiny_job_end_to_end_through_cli(tmp_path, event_scalars):
   """``python -m projects.detection.main --config configs/tiny_coco.py ...``: a few steps, every output."""
   workdir = str(tmp_path / "work")
   overrides = {**TINY_OVERRIDES, "num_training_steps": 8, "log_summary_steps": 1, "checkpoint_steps": 4,
-               "max_checkpoints_to_keep": 2,
+               "max_checkpoint_keep": 2,
                "synthetic_data.num_train": 24, "synthetic_data.num_val": 4, "dataset.data_dir": tmp_path / "data"}
   command = [sys.executable, "-m", "projects.detection.main", f"--config={_config_path('tiny_coco')}",
              f"--workdir={workdir}"] + [_flag(k, v) for k, v in overrides.items()]

@@ -29,14 +29,18 @@ def test_recipe_configs_match_the_official_recipes(name):
   config = config_utils.load_config(_config_path(name))
   variant = name.split("_")[2]
   assert config.batch_size == 16
-  assert config.optimizer.name == "adamw"
+  assert config.optimizer == "adamw"  # Scenic's layout: a name + optimizer_configs
+  assert (config.model_name, config.dataset_name, config.trainer_name) == (
+      "crossformer_segmentation", "ade20k", "crossformer_trainer")
+  lr = config.lr_configs
+  assert lr.decay_steps == config.num_training_steps and lr.end_factor == 0.0
   assert config.model.backbone.name == f"crossformer_{variant}"
   assert config.model.backbone.drop_path_rate == {"t": 0.1, "s": 0.2, "b": 0.3, "l": 0.5}[variant]
   overrides = config.model.backbone.overrides
   if name.startswith("fpn"):
     assert config.num_training_steps == 80_000
-    assert (config.optimizer.weight_decay, config.lr_schedule.base_lr) == (1e-4, 1e-4)
-    assert (config.lr_schedule.name, config.lr_schedule.power, config.lr_schedule.warmup_steps) == ("poly", 0.9, 0)
+    assert (config.optimizer_configs.weight_decay, lr.base_learning_rate) == (1e-4, 1e-4)
+    assert (lr.factors, lr.power, lr.warmup_steps) == ("constant * polynomial * linear_warmup", 0.9, 0)
     assert config.model.decode_head.type == "semantic_fpn" and config.model.decode_head.channels == 128
     assert config.model.neck.out_channels == 256 and config.model.auxiliary_head is None
     v1_groups = variant in ("s", "l")
@@ -44,10 +48,9 @@ def test_recipe_configs_match_the_official_recipes(name):
     assert tuple(overrides.intervals) == ((16, 8, 2, 1) if v1_groups else (8, 4, 2, 1))
   else:
     assert config.num_training_steps == 160_000
-    assert (config.optimizer.weight_decay, config.lr_schedule.base_lr) == (0.01, 6e-5)
-    assert (config.optimizer.b1, config.optimizer.b2) == (0.9, 0.999)
-    assert (config.lr_schedule.power, config.lr_schedule.warmup_steps, config.lr_schedule.warmup_ratio) == (
-        1.0, 1500, 1e-6)
+    assert (config.optimizer_configs.weight_decay, lr.base_learning_rate) == (0.01, 6e-5)
+    assert (config.optimizer_configs.b1, config.optimizer_configs.b2) == (0.9, 0.999)
+    assert (lr.power, lr.warmup_steps, lr.warmup_alpha) == (1.0, 1500, 1e-6)
     assert config.model.decode_head.type == "upernet" and config.model.decode_head.channels == 512
     assert config.model.auxiliary_head.loss_weight == 0.4 and config.model.auxiliary_head.in_index == 2
     assert tuple(overrides.group_sizes) == (7, 7, 7, 7) and tuple(overrides.intervals) == (8, 4, 2, 1)
@@ -118,7 +121,7 @@ def test_tiny_job_end_to_end_through_cli(tmp_path, monkeypatch, event_scalars):
   workdir = str(tmp_path / "work")
   argv = ["main", f"--config={_config_path('tiny_ade20k')}", f"--workdir={workdir}",
           "--config.num_training_steps=8", "--config.log_summary_steps=1", "--config.log_eval_steps=0",
-          "--config.lr_schedule.warmup_steps=0", "--config.checkpoint_steps=4", "--config.progress_bar=False",
+          "--config.lr_configs.warmup_steps=0", "--config.checkpoint_steps=4", "--config.progress_bar=False",
           "--config.synthetic_data.num_train=24", "--config.synthetic_data.num_val=4",
           "--config.dataset.eval_buckets=((256, 256),)",  # one eval program to compile
           f"--config.dataset.data_dir={tmp_path / 'data'}"]

@@ -61,11 +61,12 @@ class _TinyModel(BaseModel):
     ce = optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), labels)
     return jnp.sum(ce * valid) / jnp.maximum(jnp.sum(valid), 1)
 
-  def get_metrics_fn(self, split=None):
+  def get_metrics_fn_jit(self, split=None):
     def metrics_fn(outputs, batch):
       valid = (batch["label"] >= 0) & (batch["batch_mask"][:, None, None] > 0)
       correct = (jnp.argmax(outputs, -1) == batch["label"]) & valid
-      return {"pixel_accuracy": (jnp.sum(correct).astype(jnp.float32), jnp.sum(valid).astype(jnp.float32))}
+      return {"pixel_accuracy": (jnp.sum(correct).astype(jnp.float32), jnp.sum(valid).astype(jnp.float32)),
+              "loss": (self.loss_function(outputs, batch), jnp.ones((), jnp.float32))}
     return metrics_fn
 
 
@@ -101,12 +102,16 @@ def _dataset(seed: int = 0, batch_size: int = 8, num_eval: int = 2):
 
 def _config(num_steps: int = 8, **overrides) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(dict(
-      seed=0, batch_size=8, num_training_steps=num_steps, log_summary_steps=4, log_eval_steps=0,
-      checkpoint=True, checkpoint_steps=3, max_checkpoints_to_keep=2, progress_bar=False,
-      model=dict(dtype="float32", backbone=dict(checkpoint=None)),
-      optimizer=dict(name="adamw", b1=0.9, b2=0.999, weight_decay=0.05, grad_clip_norm=1.0),
-      lr_schedule=dict(name="poly", base_lr=1e-2, power=0.9, min_lr=0.0, warmup_steps=2,
-                       warmup_ratio=0.1)))
+      rng_seed=0, batch_size=8, num_training_steps=num_steps, log_summary_steps=4, log_eval_steps=0,
+      checkpoint=True, checkpoint_steps=3, max_checkpoint_keep=2, progress_bar=False,
+      model=dict(dtype="float32"), init_from=dict(checkpoint_path=None),
+      optimizer="adamw",
+      optimizer_configs=dict(b1=0.9, b2=0.999, weight_decay=0.05, skip_scale_and_bias_regularization=True,
+                             grad_clip=dict(clip_method="clip_by_global_norm", clip_value=1.0)),
+      weight_decay_configs=dict(no_decay_keywords=("norm", "bias"), no_decay_backbone_keywords=("pos",)),
+      lr_configs=dict(learning_rate_schedule="compound", factors="constant * polynomial * linear_warmup",
+                      base_learning_rate=1e-2, power=0.9, end_factor=0.0, decay_steps=None, warmup_steps=2,
+                      warmup_alpha=0.1)))
   return config_utils.apply_overrides(config, overrides)
 
 
@@ -168,7 +173,8 @@ def test_weight_decay_mask_excludes_norms_biases_and_pos():
 
 
 def test_adamw_does_not_decay_masked_params():
-  config = ml_collections.ConfigDict(dict(optimizer=dict(name="adamw", weight_decay=0.5)))
+  config = ml_collections.ConfigDict(dict(optimizer="adamw", optimizer_configs=dict(weight_decay=0.5),
+                                          weight_decay_configs=dict(no_decay_backbone_keywords=("pos",))))
   tx = optim.create_optimizer(config, lambda step: 0.1)
   params = {"backbone": {"pos": {"kernel": jnp.ones((2, 2))}, "conv": {"kernel": jnp.ones((2, 2))}}}
   zero_grads = jax.tree.map(jnp.zeros_like, params)
@@ -177,10 +183,15 @@ def test_adamw_does_not_decay_masked_params():
   np.testing.assert_allclose(updates["backbone"]["conv"]["kernel"], -0.1 * 0.5)
 
 
+def _lr(num_training_steps=None, **kwargs):
+  from configs import common  # pylint: disable=g-import-not-at-top
+  return optim.create_lr_schedule(common.mmcv_lr_configs(**kwargs), num_training_steps)
+
+
 def test_poly_schedule_with_warmup_matches_mmcv():
-  # UperNet recipe: AdamW 6e-5, poly power 1.0, min_lr 0, 1500 warm-up iterations from ratio 1e-6.
-  lr = optim.create_lr_schedule(ml_collections.ConfigDict(dict(
-      name="poly", base_lr=6e-5, power=1.0, min_lr=0.0, warmup_steps=1500, warmup_ratio=1e-6)), 160000)
+  # UperNet recipe: AdamW 6e-5, poly power 1.0, min_lr 0, 1500 warm-up iterations from ratio 1e-6, as Scenic
+  # compound factors (constant * polynomial * linear_warmup).
+  lr = _lr(160000, base_lr=6e-5, policy="poly", power=1.0, min_lr=0.0, warmup_steps=1500, warmup_ratio=1e-6)
   def regular(t):
     return 6e-5 * (1 - t / 160000)
   np.testing.assert_allclose(lr(0), 6e-5 * 1e-6, rtol=1e-5)
@@ -189,17 +200,15 @@ def test_poly_schedule_with_warmup_matches_mmcv():
   np.testing.assert_allclose(lr(80000), 3e-5, rtol=1e-5)
   np.testing.assert_allclose(lr(160000), 0.0, atol=1e-12)
   # FPN recipe: 1e-4, power 0.9, no warm-up, min_lr 1e-6 here to check the floor.
-  lr = optim.create_lr_schedule(ml_collections.ConfigDict(dict(
-      name="poly", base_lr=1e-4, power=0.9, min_lr=1e-6)), 80000)
+  lr = _lr(80000, base_lr=1e-4, policy="poly", power=0.9, min_lr=1e-6)
   np.testing.assert_allclose(lr(40000), (1e-4 - 1e-6) * 0.5 ** 0.9 + 1e-6, rtol=1e-5)
   np.testing.assert_allclose(lr(80000), 1e-6, rtol=1e-5)
 
 
 def test_step_schedule_with_warmup_matches_mmcv():
   # COCO 1x recipe in iterations: milestones at 8 and 11 "epochs" of 100 iterations, warm-up 500 @ 0.001.
-  lr = optim.create_lr_schedule(ml_collections.ConfigDict(dict(
-      name="step", base_lr=1e-4, milestones=(800, 1100), gamma=0.1, warmup_steps=500,
-      warmup_ratio=0.001)), 1200)
+  lr = _lr(1200, base_lr=1e-4, policy="step", milestones=(800, 1100), gamma=0.1, warmup_steps=500,
+           warmup_ratio=0.001)
   np.testing.assert_allclose(lr(0), 1e-4 * 0.001, rtol=1e-5)
   np.testing.assert_allclose(lr(250), 1e-4 * (1 - 0.5 * 0.999), rtol=1e-5)
   np.testing.assert_allclose(lr(500), 1e-4, rtol=1e-5)
@@ -209,10 +218,13 @@ def test_step_schedule_with_warmup_matches_mmcv():
 
 
 def test_schedule_config_errors_are_clear():
-  with pytest.raises(ValueError, match="unknown lr_schedule.name"):
-    optim.create_lr_schedule(ml_collections.ConfigDict(dict(name="exp", base_lr=1.0)), 10)
-  with pytest.raises(ValueError, match="total_steps"):
-    optim.create_lr_schedule(ml_collections.ConfigDict(dict(name="poly", base_lr=1.0)), None)
+  with pytest.raises(ValueError, match="unknown lr_configs factor 'exp'"):
+    optim.create_lr_schedule(ml_collections.ConfigDict(dict(
+        learning_rate_schedule="compound", factors="constant * exp", base_learning_rate=1.0)), 10)
+  with pytest.raises(ValueError, match="decay_steps"):
+    _lr(None, base_lr=1.0, policy="poly")
+  with pytest.raises(ValueError, match="optimizer_configs"):
+    optim.create_optimizer(ml_collections.ConfigDict(dict(optimizer=dict(name="adamw"))), lambda s: 0.1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -222,7 +234,7 @@ def test_checkpoint_round_trip_and_atomic_tmp_dirs(tmp_path):
   model = _TinyModel(None, {"num_classes": NUM_CLASSES})
   config = _config()
   mesh = sharding.create_mesh()
-  tx = optim.create_optimizer(config, optim.create_lr_schedule(config.lr_schedule, 8))
+  tx = optim.create_optimizer(config, optim.create_lr_schedule(config.lr_configs, 8))
   state = trainer.initialize_state(model, config, _dataset(), tx, mesh)
   state = state.replace(step=state.step + 7)
   ckpt = checkpoint_lib.Checkpointer(tmp_path / "ckpt", save_every_steps=5, max_to_keep=2)
@@ -340,9 +352,9 @@ def test_batch_size_must_split_over_devices(tmp_path):
 def test_initialize_state_loads_pretrained_backbone_from_config(monkeypatch):
   import backbones  # pylint: disable=g-import-not-at-top
   model = _TinyModel(None, {"num_classes": NUM_CLASSES})
-  config = _config(**{"model.backbone.checkpoint": "/ckpt/backbone.msgpack"})
+  config = _config(**{"init_from.checkpoint_path": "/ckpt/backbone.msgpack"})
   mesh = sharding.create_mesh()
-  tx = optim.create_optimizer(config, optim.create_lr_schedule(config.lr_schedule, 8))
+  tx = optim.create_optimizer(config, optim.create_lr_schedule(config.lr_configs, 8))
   shapes = jax.eval_shape(lambda: model.flax_model.init(
       {"params": jax.random.PRNGKey(0)}, jnp.zeros((1, SIZE, SIZE, 3)), train=False))["params"]["backbone"]
   calls = []

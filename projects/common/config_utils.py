@@ -5,6 +5,7 @@ A job's ``main.py`` calls ``define_job_flags()`` at import time, which defines `
 ``--config configs/x.py:arg`` passes ``arg`` to ``get_config``), ``--workdir`` and ``--multihost``.
 """
 
+import copy
 import importlib.util
 import json
 import os
@@ -53,8 +54,12 @@ def load_config(path: str, overrides: Optional[Mapping[str, Any]] = None,
 
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """Sets dotted keys (``"a.b.c": value``) on an unlocked copy of ``config``; unknown keys raise."""
-  config = ml_collections.ConfigDict(config)
+  """Sets dotted keys (``"a.b.c": value``) on an unlocked copy of ``config``; unknown keys raise.
+
+  The copy is deep: it shares no ``FieldReference`` (placeholders, ``get_ref``) with ``config``, while
+  references inside it still follow (e.g. ``lr_configs.decay_steps`` follows ``num_training_steps``).
+  """
+  config = copy.deepcopy(config)
   with config.unlocked():
     for dotted, value in overrides.items():
       node = config

@@ -1,4 +1,9 @@
-"""Initialising ``params["backbone"]`` from a converted ImageNet checkpoint."""
+"""Initialising ``params["backbone"]`` from a pretrained checkpoint (``config.init_from.checkpoint_path``).
+
+Accepted: a Scenic train-state checkpoint (a ``checkpoint_<step>`` file or a directory of them, e.g. written
+by ``python -m backbones.convert_checkpoint --format scenic``: its ``params["backbone"]``), a converted
+``.msgpack`` or an official ``.pth`` / ``.npz`` state_dict (``backbones.load_backbone_params``).
+"""
 
 from typing import Any, Callable, Dict, Optional
 
@@ -48,12 +53,25 @@ def merge_backbone_params(params: Dict[str, Any], backbone_params: Any,
   return new_params
 
 
+def init_from_path(config: Any) -> Optional[str]:
+  """``config.init_from.checkpoint_path`` (Scenic's field), or ``None``."""
+  init_from = config.get("init_from", None)
+  if not init_from:
+    return None
+  return init_from.get("checkpoint_path", None) or None
+
+
 def load_pretrained_backbone(params: Dict[str, Any], path: str,
                              loader: Optional[Callable[[str], Any]] = None) -> Dict[str, Any]:
-  """Loads ``path`` with ``backbones.load_backbone_params`` (or ``loader``) into ``params["backbone"]``."""
+  """Loads ``path`` into ``params["backbone"]``: a Scenic train-state checkpoint's ``params["backbone"]``,
+  else ``backbones.load_backbone_params(path)`` (or ``loader``)."""
   if loader is None:
-    import backbones  # pylint: disable=g-import-not-at-top
-    loader = backbones.load_backbone_params
+    from backbones import scenic_checkpoint  # pylint: disable=g-import-not-at-top
+    if scenic_checkpoint.find_scenic_checkpoint(path) is not None:
+      loader = scenic_checkpoint.load_scenic_backbone_params
+    else:
+      import backbones  # pylint: disable=g-import-not-at-top
+      loader = backbones.load_backbone_params
   backbone_params = loader(path)
   if isinstance(backbone_params, dict) and set(backbone_params) == {"params"}:
     backbone_params = backbone_params["params"]  # a variables dict rather than bare params

@@ -1,18 +1,25 @@
 """The task-agnostic trainer: ``train_and_evaluate(model, dataset, config, workdir, evaluator=...)``.
 
 Used by every job of the library (ADE20K segmentation, COCO detection). The task supplies a ``BaseModel``
-(network, ``loss_function``, ``get_metrics_fn``), a ``Dataset`` (``train_iter_fn(start_step)``,
+(network, ``loss_function``, ``get_metrics_fn_jit``), a ``Dataset`` (``train_iter_fn(start_step)``,
 ``eval_iter_fn()``, ``meta_data``) and optionally an ``evaluation.Evaluator``.
 
-Config keys read here (with defaults):
-  seed (0), batch_size (required), num_training_steps (required),
+Config keys read here (Scenic's names and meanings; defaults in brackets):
+  rng_seed (0), batch_size (required), num_training_steps, or num_training_epochs (x the dataset's
+  ``meta_data["steps_per_epoch"]``, else ``num_train_examples // batch_size``, as Scenic),
   log_summary_steps (50), log_eval_steps (num_training_steps; <= 0 disables periodic evaluation),
-  steps_per_eval (None = a full pass), checkpoint (True), checkpoint_steps (1000),
-  max_checkpoints_to_keep (3), progress_bar (True), prefetch_to_device (2),
-  init_input_shape (None: from ``meta_data["input_shape"]`` or the first training batch),
-  model.dtype ("float32"; "bfloat16" casts the inputs, the model decides its compute dtype),
-  model.backbone.checkpoint (None: a converted ImageNet checkpoint for ``params["backbone"]``),
-  optimizer.* and lr_schedule.* (see ``optim``).
+  steps_per_eval (None = a full pass), checkpoint (True: save checkpoints), checkpoint_steps (1000),
+  max_checkpoint_keep (3), data_dtype_str ("float32": the inputs are cast to it; the model decides its
+  compute dtype, ``model.dtype``), init_from.checkpoint_path (None: a pretrained backbone for
+  ``params["backbone"]``, see ``pretrained``), optimizer + optimizer_configs and lr_configs (see ``optim``).
+  Ours: progress_bar (True), prefetch_to_device (2), rng_names (("dropout",)), weight_decay_configs,
+  init_input_shape (None: from ``meta_data["input_shape"]`` or the first training batch).
+
+Train step contract: ``loss_function`` returns the loss, or ``(loss, metrics)`` whose metrics the step then
+reports (they must be the split's metrics, as ``get_metrics_fn_jit("train")`` returns them: detection computes
+its anchor targets once); otherwise the step calls ``get_metrics_fn_jit("train")``. Train and eval ``loss``
+therefore mean the same thing; the minimised value (with L2, auxiliary terms, label smoothing) is logged as
+``objective``.
 
 Parallelism: one jitted step over global arrays on a 1-D data mesh (``sharding``): batches are split along
 the batch axis, the state is replicated, and reductions over the batch are global.
@@ -58,6 +65,14 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
   return jnp.dtype(name)
 
 
+def data_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+  """The dtype the inputs are fed in: Scenic's ``config.data_dtype_str`` (default float32)."""
+  name = str(config.get("data_dtype_str", None) or "float32")
+  if name not in ("float32", "bfloat16", "float16"):
+    raise ValueError(f"config.data_dtype_str must be float32, bfloat16 or float16, got {name!r}")
+  return jnp.dtype(name)
+
+
 def _cast_inputs(batch: Mapping[str, Any], dtype: jnp.dtype) -> Any:
   inputs = batch["inputs"]
   if jnp.issubdtype(inputs.dtype, jnp.floating) and inputs.dtype != dtype:
@@ -75,10 +90,10 @@ def make_train_step(model: BaseModel, tx, schedule: optim.Schedule, dtype: jnp.d
                     rng_names: Sequence[str] = ("dropout",)) -> Callable[..., Any]:
   """Returns the (un-jitted) ``train_step(state, batch) -> (state, metrics)``.
 
-  Metrics are ``{name: (sum, count)}`` from ``model.get_metrics_fn("train")`` plus ``loss`` and
-  ``learning_rate`` (as ``(value, 1)``).
+  Metrics are ``{name: (sum, count)}``: those returned by ``loss_function`` as ``(loss, metrics)``, else
+  ``model.get_metrics_fn_jit("train")``'s, plus ``objective`` and ``learning_rate`` (as ``(value, 1)``).
   """
-  metrics_fn = model.get_metrics_fn("train")
+  metrics_fn = model.get_metrics_fn_jit("train")
 
   def train_step(state: TrainState, batch: Mapping[str, Any]):
     step_rng = jax.random.fold_in(state.rng, state.step)
@@ -92,15 +107,17 @@ def make_train_step(model: BaseModel, tx, schedule: optim.Schedule, dtype: jnp.d
                                       mutable=mutable if mutable else False)
       outputs, new_model_state = _split_apply_output(result, mutable)
       loss = model.loss_function(outputs, batch, params)
+      loss_metrics = None
       if isinstance(loss, tuple):  # Scenic's detection convention: (total_loss, metrics)
-        loss = loss[0]
-      return loss, (outputs, new_model_state)
+        loss, loss_metrics = loss
+      return loss, (outputs, new_model_state, loss_metrics)
 
-    (loss, (outputs, new_model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (outputs, new_model_state, loss_metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = jax.tree.map(jnp.add, state.params, updates)
-    metrics = dict(metrics_fn(outputs, batch))
-    metrics["loss"] = (loss, jnp.ones((), jnp.float32))
+    metrics = dict(metrics_fn(outputs, batch) if loss_metrics is None else loss_metrics)
+    metrics["objective"] = (loss, jnp.ones((), jnp.float32))
     metrics["learning_rate"] = (schedule(state.step), jnp.ones((), jnp.float32))
     new_state = state.replace(step=state.step + 1, params=new_params,
                               model_state=dict(new_model_state), opt_state=new_opt_state)
@@ -112,7 +129,7 @@ def make_train_step(model: BaseModel, tx, schedule: optim.Schedule, dtype: jnp.d
 def make_eval_step(model: BaseModel, dtype: jnp.dtype,
                    evaluator: Optional[evaluation.Evaluator] = None) -> Callable[..., Any]:
   """Returns the (un-jitted) ``eval_step(state, batch) -> (metrics, evaluator.process_fn(...))``."""
-  metrics_fn = model.get_metrics_fn("validation")
+  metrics_fn = model.get_metrics_fn_jit("validation")
 
   def eval_step(state: TrainState, batch: Mapping[str, Any]):
     outputs = model.flax_model.apply(state.variables(), _cast_inputs(batch, dtype), train=False)
@@ -131,6 +148,22 @@ def make_predict_fn(model: BaseModel, mesh: jax.sharding.Mesh,
   return jax.jit(predict, in_shardings=(sharding.replicated_sharding(mesh), sharding.batch_sharding(mesh)))
 
 
+def num_training_steps(config: ml_collections.ConfigDict, meta_data: Mapping[str, Any]) -> int:
+  """Scenic's rule: ``num_training_steps``, else ``num_training_epochs`` x steps per epoch (the dataset's
+  ``meta_data["steps_per_epoch"]``, else ``num_train_examples // batch_size``)."""
+  steps, epochs = config.get("num_training_steps", None), config.get("num_training_epochs", None)
+  if not steps and epochs:
+    per_epoch = meta_data.get("steps_per_epoch") or (
+        int(meta_data.get("num_train_examples", 0)) // int(config.batch_size))
+    if not per_epoch:
+      raise ValueError("config.num_training_epochs needs the dataset's meta_data['steps_per_epoch'] or "
+                       "'num_train_examples'; set config.num_training_steps instead")
+    steps = int(round(float(epochs) * int(per_epoch)))
+  if not steps or int(steps) <= 0:
+    raise ValueError(f"config.num_training_steps (or num_training_epochs) must be positive, got {steps}")
+  return int(steps)
+
+
 def _init_input_shape(config, dataset) -> tuple:
   shape = config.get("init_input_shape", None) or dataset.meta_data.get("input_shape", None)
   if shape is None:
@@ -144,9 +177,9 @@ def _init_input_shape(config, dataset) -> tuple:
 
 def initialize_state(model: BaseModel, config: ml_collections.ConfigDict, dataset: Any,
                      tx, mesh: jax.sharding.Mesh, load_pretrained: bool = True) -> TrainState:
-  """Initialises params (with ``load_pretrained``, the backbone from ``config.model.backbone.checkpoint``),
+  """Initialises params (with ``load_pretrained``, the backbone from ``config.init_from.checkpoint_path``),
   the other collections and the optimizer state, replicated over ``mesh``."""
-  rng = jax.random.PRNGKey(int(config.get("seed", 0)))
+  rng = jax.random.PRNGKey(int(config.get("rng_seed", 0)))
   init_rng, train_rng = jax.random.split(rng)
   input_shape = _init_input_shape(config, dataset)
   replicated = sharding.replicated_sharding(mesh)
@@ -159,7 +192,7 @@ def initialize_state(model: BaseModel, config: ml_collections.ConfigDict, datase
 
   variables = dict(init_variables(init_rng))
   params = variables.pop("params")
-  backbone_ckpt = config.get("model", {}).get("backbone", {}).get("checkpoint", None)
+  backbone_ckpt = pretrained.init_from_path(config)
   if backbone_ckpt and load_pretrained:
     params = sharding.replicate(pretrained.load_pretrained_backbone(dict(params), backbone_ckpt), mesh)
   num_params = count_params(params)
@@ -209,9 +242,7 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
   """
   if not config.get("batch_size"):
     raise ValueError("config.batch_size (global batch size) is required")
-  num_steps = int(config.get("num_training_steps", 0))
-  if num_steps <= 0:
-    raise ValueError(f"config.num_training_steps must be positive, got {num_steps}")
+  num_steps = num_training_steps(config, dataset.meta_data)
   mesh = mesh or sharding.create_mesh()
   global_batch = int(config.batch_size)
   sharding.process_batch_size(global_batch, mesh)
@@ -219,21 +250,22 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
   os.makedirs(workdir, exist_ok=True)
   if writer is None:
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
-  dtype = compute_dtype(config)
+  dtype = data_dtype(config)
   log_every = max(1, int(config.get("log_summary_steps", 50)))
   eval_every = int(config.get("log_eval_steps", num_steps) or 0)
   steps_per_eval = config.get("steps_per_eval", None)
 
-  schedule = optim.create_lr_schedule(config.lr_schedule, num_steps)
+  schedule = optim.create_lr_schedule(config.get("lr_configs"), num_steps)
   tx = optim.create_optimizer(config, schedule)
   checkpointer = None
   if config.get("checkpoint", True):
     checkpointer = checkpoint_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"), save_every_steps=int(config.get("checkpoint_steps", 1000)),
-        max_to_keep=config.get("max_checkpoints_to_keep", 3))
+        max_to_keep=config.get("max_checkpoint_keep", 3))
   resuming = checkpointer is not None and checkpointer.latest_step() is not None
   state = initialize_state(model, config, dataset, tx, mesh, load_pretrained=not resuming)
-  mask_counts = optim.describe_mask(optim.config_weight_decay_mask(config.optimizer, state.params))
+  mask_counts = optim.describe_mask(optim.config_weight_decay_mask(config, state.params)
+                                    or jax.tree.map(lambda _: True, state.params))
   logging.info("weight decay on %(decayed)d parameter arrays, none on %(not_decayed)d", mask_counts)
 
   if checkpointer is not None:

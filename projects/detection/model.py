@@ -70,7 +70,7 @@ class RetinaNetModel(BaseModel):
   are the official RetinaNet-CrossFormer-S recipe):
     dtype: compute dtype of the network ("float32" or "bfloat16"); losses are computed in float32.
     backbone: ``name`` ("crossformer_s"), ``drop_path_rate`` (0.2), ``lda_mode`` ("v1"), ``remat`` (False),
-      ``checkpoint`` (read by the trainer), ``overrides`` (architecture overrides for ``create_model``).
+      ``overrides`` (architecture overrides for ``create_model``); weights from ``config.init_from``.
     neck: ``out_channels`` (256), ``start_level`` (1), ``add_extra_convs`` ("on_input"), ``num_outs`` (5),
       ``relu_before_extra_convs`` (False).
     bbox_head: ``feat_channels`` (256), ``stacked_convs`` (4), ``prior_prob`` (0.01), ``norm`` ("none").
@@ -81,7 +81,9 @@ class RetinaNetModel(BaseModel):
     loss: ``focal_gamma`` (2), ``focal_alpha`` (0.25), ``cls_weight`` (1), ``box_loss`` ("l1" or
       "smooth_l1"), ``smooth_l1_beta`` (1/9 when used), ``box_weight`` (1).
     test_cfg: ``nms_pre`` (1000), ``score_thr`` (0.05), ``iou_threshold`` (0.5), ``max_per_img`` (100).
-  ``config.l2_decay_factor`` (optional, Scenic's) adds ``0.5 * factor * ||params||^2`` to the loss.
+  ``config.l2_decay_factor`` (optional, Scenic's) adds ``0.5 * factor * ||params (ndim > 1)||^2`` to the loss.
+  Registered as ``crossformer_retinanet`` in ``projects.registry``; ``get_metrics_fn`` (BaseModel) sums the
+  metrics over Scenic's pmap axis, ``get_metrics_fn_jit`` serves jit trainers.
   ``dataset_meta_data["num_classes"]`` sets the number of foreground classes.
   """
 
@@ -131,7 +133,6 @@ class RetinaNetModel(BaseModel):
             "dtype": "float32",
             "backbone": {
                 "name": "crossformer_s", "drop_path_rate": 0.0, "lda_mode": "v1", "remat": False,
-                "checkpoint": None,
                 "overrides": {"embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 2, 2)},
             },
             "neck": {"out_channels": 32, "start_level": 1, "add_extra_convs": "on_input", "num_outs": 5,
@@ -204,26 +205,29 @@ class RetinaNetModel(BaseModel):
     return {
         "loss_cls": (cls_sum, avg_factor),
         "loss_bbox": (box_sum, avg_factor),
-        "total_loss": (cls_sum + box_sum, avg_factor),
+        "loss": (cls_sum + box_sum, avg_factor),
         "num_pos": ((targets["num_pos"] * batch_mask).sum(), batch_mask.sum()),
     }
 
   def loss_function(self, outputs: Mapping[str, Any], batch: Batch,
                     model_params: Optional[Any] = None) -> Tuple[jnp.ndarray, Metrics]:
-    """RetinaNet training loss on a (padded) batch.
+    """RetinaNet training loss on a (padded) batch, with its metrics (Scenic's detection convention).
 
     Returns:
       ``(total_loss, metrics)``: the scalar ``loss_cls + loss_bbox`` (normalised by the batch's
-      ``sum(max(num_pos_i, 1))``, plus Scenic's optional L2 term), and ``{name: (sum, count)}`` metrics
-      (``loss_cls``, ``loss_bbox``, ``total_loss``, ``num_pos`` per image).
+      ``sum(max(num_pos_i, 1))``, plus Scenic's optional L2 term), and the metrics of
+      ``get_metrics_fn_jit`` computed from the same anchor assignment: trainers use them instead of calling
+      the metrics function again, so the targets are assigned once per train step.
     """
     metrics = self._loss_terms(outputs, batch)
-    total_sum, avg_factor = metrics["total_loss"]
+    total_sum, avg_factor = metrics["loss"]
     total_loss = total_sum / jnp.maximum(avg_factor, 1.0)
     return total_loss + self.l2_regularization(model_params), metrics
 
-  def get_metrics_fn(self, split: Optional[str] = None) -> Callable[[Mapping[str, Any], Batch], Metrics]:
-    """Returns ``fn(outputs, batch) -> {name: (sum, count)}`` (the loss terms; the same for every split)."""
+  def get_metrics_fn_jit(self, split: Optional[str] = None) -> Callable[[Mapping[str, Any], Batch], Metrics]:
+    """Returns ``fn(outputs, batch) -> {name: (sum, count)}``, the same for every split: ``loss`` (``loss_cls
+    + loss_bbox``, normalised by mmdet's ``avg_factor``: the training loss without the L2 term),
+    ``loss_cls``, ``loss_bbox`` and ``num_pos`` (positive anchors per image)."""
     del split
     return self._loss_terms
 

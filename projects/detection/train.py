@@ -10,6 +10,7 @@ evaluator), ``eval_results.json`` (AP, AP50, AP75, APs, APm, APl, ...) and ``det
 validation images with ground truth in white and detections coloured by class).
 """
 
+import copy
 import json
 import os
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -22,10 +23,10 @@ import numpy as np
 from projects.common import config_utils
 from projects.common import evaluation
 from projects.common import sharding
+from projects import registry
 from projects.common import trainer
 from projects.detection import visualize
 from projects.detection.evaluation import CocoEvaluator
-from projects.detection.model import RetinaNetModel
 
 RESULTS_FILE = "eval_results.json"
 PNG_FILE = "detections.png"
@@ -73,30 +74,32 @@ class DetectionEvaluator(CocoEvaluator):
 
 def resolve_epoch_schedule(config: ml_collections.ConfigDict,
                            steps_per_epoch: int) -> ml_collections.ConfigDict:
-  """Converts an epoch-based config (``num_epochs > 0``) to the trainer's steps; see configs/detection_base.
+  """Converts an epoch-based config (``num_training_epochs > 0``) to the trainer's steps; see
+  configs/detection_base.
 
-  Sets ``num_training_steps = num_epochs * steps_per_epoch``, ``lr_schedule.milestones`` from
-  ``lr_schedule.milestone_epochs``, and ``log_eval_steps`` / ``checkpoint_steps`` from ``eval_every_epochs`` /
-  ``checkpoint_every_epochs`` when those are set. Returns ``config`` unchanged when ``num_epochs`` is 0/None.
+  Sets ``num_training_steps = num_training_epochs * steps_per_epoch``, ``lr_configs.decay_events`` from
+  ``lr_configs.decay_epochs`` (``e * steps_per_epoch - 1``: Scenic's piecewise-constant boundaries), and
+  ``log_eval_steps`` / ``checkpoint_steps`` from ``eval_every_epochs`` / ``checkpoint_every_epochs`` when those
+  are set. Returns ``config`` unchanged when ``num_training_epochs`` is 0/None.
   """
-  num_epochs = config.get("num_epochs") or 0
+  num_epochs = config.get("num_training_epochs") or 0
   if num_epochs <= 0:
     return config
   if steps_per_epoch <= 0:
     raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
-  config = ml_collections.ConfigDict(config)
+  config = copy.deepcopy(config)  # shares no FieldReference (placeholder) with the input
   with config.unlocked():
     config.num_training_steps = int(round(num_epochs * steps_per_epoch))
-    milestone_epochs = config.lr_schedule.get("milestone_epochs")
-    if milestone_epochs is not None:
-      config.lr_schedule.milestones = tuple(int(round(e * steps_per_epoch)) for e in milestone_epochs)
+    decay_epochs = config.lr_configs.get("decay_epochs")
+    if decay_epochs is not None:
+      config.lr_configs.decay_events = [int(round(e * steps_per_epoch)) - 1 for e in decay_epochs]
     if config.get("eval_every_epochs"):
       config.log_eval_steps = max(1, int(round(config.eval_every_epochs * steps_per_epoch)))
     if config.get("checkpoint_every_epochs"):
       config.checkpoint_steps = max(1, int(round(config.checkpoint_every_epochs * steps_per_epoch)))
-  logging.info("%s epochs of %d steps: num_training_steps %d, lr milestones %s, eval every %s, checkpoint "
-               "every %s steps", num_epochs, steps_per_epoch, config.num_training_steps,
-               tuple(config.lr_schedule.get("milestones", ())), config.get("log_eval_steps"),
+  logging.info("%s epochs of %d steps: num_training_steps %d, lr decay after steps %s, eval every %s, "
+               "checkpoint every %s steps", num_epochs, steps_per_epoch, config.num_training_steps,
+               list(config.lr_configs.get("decay_events", ())), config.get("log_eval_steps"),
                config.get("checkpoint_steps"))
   return config
 
@@ -142,9 +145,8 @@ def ensure_synthetic_data(config: ml_collections.ConfigDict, workdir: str) -> ml
 
 
 def build_dataset(config: ml_collections.ConfigDict) -> Any:
-  """The COCO ``Dataset`` of ``config.dataset`` (``projects.detection.data.input_pipeline.get_dataset``)."""
-  from projects.detection.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  return input_pipeline.get_dataset(config)
+  """The ``Dataset`` registered as ``config.dataset_name`` (default ``coco``: ``input_pipeline.get_dataset``)."""
+  return registry.get_dataset_fn(config.get("dataset_name") or "coco")(config)
 
 
 def write_results(results: Mapping[str, Any], workdir: str) -> str:
@@ -175,10 +177,11 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   config = resolve_epoch_schedule(config, int(dataset.meta_data["steps_per_epoch"]))
   if jax.process_index() == 0:
     config_utils.save_config(config, workdir)
-  model = RetinaNetModel(config, dataset.meta_data)
+  model = registry.get_model_cls(config.get("model_name") or "crossformer_retinanet")(config, dataset.meta_data)
   evaluator = DetectionEvaluator(dataset.meta_data, model.predict, output_dir=workdir,
                                  num_examples=int(config.get("num_visualized_images", 4)))
-  result = trainer.train_and_evaluate(model, dataset, config, workdir, evaluator, mesh=mesh, **trainer_kwargs)
+  train_fn = registry.get_trainer(config.get("trainer_name") or "crossformer_trainer")
+  result = train_fn(model, dataset, config, workdir, evaluator, mesh=mesh, **trainer_kwargs)
   if jax.process_index() == 0 and result.eval_summary:
     path = write_results(result.eval_summary, workdir)
     logging.info("final box AP %.4f (results in %s)", result.eval_summary.get("AP", float("nan")), path)

@@ -9,7 +9,7 @@ mmseg recipes expressed in ``config.model`` (see ``default_flax_model_config`` f
   ``auxiliary_head=dict(channels=256, in_index=2, num_convs=1, loss_weight=0.4, ...)``.
 """
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -65,42 +65,84 @@ class SegmentationNet(nn.Module):
     return outputs
 
 
-def pixel_weights(labels: jnp.ndarray, batch_mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-  """(B, H, W) float32 weights: 1 for labelled pixels (label >= 0) of real examples, else 0."""
-  weights = (labels >= 0).astype(jnp.float32)
-  if batch_mask is not None:
-    weights = weights * batch_mask.astype(jnp.float32)[:, None, None]
-  return weights
+def split_outputs(outputs: Any) -> Tuple[jnp.ndarray, Optional[jnp.ndarray]]:
+  """``(logits, aux_logits or None)`` of a network output: the ``SegmentationNet`` dict or a bare logits
+  array (what Scenic's segmentation models return)."""
+  if isinstance(outputs, Mapping):
+    if "logits" not in outputs:
+      raise ValueError(f"segmentation outputs need 'logits' (got keys {sorted(outputs)})")
+    return outputs["logits"], outputs.get("aux_logits")
+  return outputs, None
 
 
-def pixel_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
-  """(B, H, W) softmax cross-entropy per pixel; ignored pixels (label < 0) give finite, meaningless values."""
+def example_weights(labels: jnp.ndarray, batch_mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+  """(B, H, W) float32 weights of ``batch_mask``: per-example (B,) (our pipelines: filler examples 0) or
+  per-pixel (B, H, W) (Scenic's segmentation batches: padding and void pixels 0); all ones without one."""
+  if batch_mask is None:
+    return jnp.ones(labels.shape, jnp.float32)
+  batch_mask = jnp.asarray(batch_mask).astype(jnp.float32)
+  if batch_mask.shape == labels.shape:
+    return batch_mask
+  if batch_mask.shape == labels.shape[:1]:
+    return jnp.broadcast_to(batch_mask[:, None, None], labels.shape)
+  raise ValueError(f"batch_mask must be per example {labels.shape[:1]} or per pixel {labels.shape}, "
+                   f"got {batch_mask.shape}")
+
+
+def pixel_weights(labels: jnp.ndarray, batch_mask: Optional[jnp.ndarray] = None, ignore_label: int = -1,
+                  num_classes: Optional[int] = None) -> jnp.ndarray:
+  """(B, H, W) float32 weights: ``batch_mask`` (per example or per pixel) times 1 for labelled pixels.
+
+  A pixel is unlabelled when its label equals ``ignore_label`` (e.g. -1 or 255), is negative, or is
+  ``>= num_classes`` (when given): such labels never index the logits, so they can never give NaN.
+  """
+  valid = (labels >= 0) & (labels != ignore_label)
+  if num_classes is not None:
+    valid &= labels < num_classes
+  return example_weights(labels, batch_mask) * valid.astype(jnp.float32)
+
+
+def pixel_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: Optional[float] = None,
+                        label_weights: Optional[Any] = None) -> jnp.ndarray:
+  """(B, H, W) softmax cross-entropy per pixel against Scenic's targets: the one-hot label, smoothed to
+  ``onehot * (1 - ls) + ls / K`` with ``label_smoothing``, times ``label_weights`` (K,) per class.
+
+  Unlabelled pixels (labels outside ``[0, K)``) give finite values that callers weight by 0.
+  """
+  num_classes = logits.shape[-1]
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  safe_labels = jnp.maximum(labels, 0)
-  return -jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
+  safe_labels = jnp.clip(labels, 0, num_classes - 1)
+  picked = jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
+  if label_weights is not None:
+    label_weights = jnp.asarray(label_weights, jnp.float32)
+    picked = picked * label_weights[safe_labels]
+  if not label_smoothing:
+    return -picked
+  weighted = log_probs if label_weights is None else log_probs * label_weights
+  return -((1.0 - label_smoothing) * picked + label_smoothing / num_classes * jnp.sum(weighted, axis=-1))
 
 
 def segmentation_loss(logits: jnp.ndarray, labels: jnp.ndarray, batch_mask: Optional[jnp.ndarray] = None,
-                      avg_non_ignore: bool = True) -> jnp.ndarray:
-  """Mean pixel cross-entropy of ``logits`` (B, H, W, K) against ``labels`` (B, H, W), -1 = ignore.
+                      avg_non_ignore: bool = True, ignore_label: int = -1,
+                      label_smoothing: Optional[float] = None, label_weights: Optional[Any] = None) -> jnp.ndarray:
+  """Mean pixel cross-entropy of ``logits`` (B, H, W, K) against ``labels`` (B, H, W).
 
-  With ``avg_non_ignore`` the mean is over labelled pixels of real examples (``batch_mask`` > 0); without it,
-  over all pixels of real examples, ignored ones counting as 0 (mmseg 0.x ``CrossEntropyLoss`` default).
+  Scenic's ``weighted_softmax_cross_entropy``: ``sum(ce * w) / (sum(w) + 1e-8)`` with ``w`` = ``batch_mask``
+  (per example or per pixel) times the labelled-pixel mask (``pixel_weights``). Without ``avg_non_ignore``
+  the denominator counts every pixel of ``batch_mask``, unlabelled ones contributing 0 (mmseg 0.x
+  ``CrossEntropyLoss``).
   """
-  weights = pixel_weights(labels, batch_mask)
-  total = jnp.sum(pixel_cross_entropy(logits, labels) * weights)
-  if avg_non_ignore:
-    count = jnp.sum(weights)
-  else:
-    example_weights = jnp.ones(labels.shape[0]) if batch_mask is None else batch_mask.astype(jnp.float32)
-    count = jnp.sum(example_weights) * labels.shape[1] * labels.shape[2]
-  return total / jnp.maximum(count, 1.0)
+  weights = pixel_weights(labels, batch_mask, ignore_label, logits.shape[-1])
+  total = jnp.sum(pixel_cross_entropy(logits, labels, label_smoothing, label_weights) * weights)
+  count = jnp.sum(weights) if avg_non_ignore else jnp.sum(example_weights(labels, batch_mask))
+  return total / (count + 1e-8)
 
 
 def confusion_matrix(logits: jnp.ndarray, labels: jnp.ndarray, num_classes: int,
-                     batch_mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-  """(K, K) int32 pixel counts, rows = ground truth, columns = argmax prediction; ignored pixels excluded."""
-  valid = pixel_weights(labels, batch_mask) > 0
+                     batch_mask: Optional[jnp.ndarray] = None, ignore_label: int = -1) -> jnp.ndarray:
+  """(K, K) int32 pixel counts, rows = ground truth, columns = argmax prediction; unlabelled pixels and
+  pixels with ``batch_mask`` 0 excluded."""
+  valid = pixel_weights(labels, batch_mask, ignore_label, num_classes) > 0
   predictions = jnp.argmax(logits, axis=-1)
   index = jnp.where(valid, labels * num_classes + predictions, 0)
   counts = jax.ops.segment_sum(valid.astype(jnp.int32).ravel(), index.ravel(), num_segments=num_classes ** 2)
@@ -145,10 +187,16 @@ def segmentation_metrics_from_confusion(confusion: Any,
 class SegmentationModel(BaseModel):
   """Scenic-style semantic segmentation model around ``SegmentationNet``.
 
+  Scenic's ``SegmentationModel`` contract (registered as ``crossformer_segmentation`` in ``projects.registry``):
+  ``loss_function(outputs, batch, model_params)``, ``get_metrics_fn`` (pmap, summed over ``"batch"``) /
+  ``get_metrics_fn_jit``, ``get_global_metrics_fn``, ``get_label_weights``. ``outputs`` may be the network's
+  dict (``logits`` and, training with an auxiliary head, ``aux_logits``) or a bare logits array.
+
   ``config`` is a job config whose ``model`` field holds ``backbone``, ``neck``, ``decode_head``,
-  ``auxiliary_head``, ``dtype`` (and optionally ``norm_axis_name``, ``avg_non_ignore``); a top-level
-  ``l2_decay_factor`` adds ``0.5 * factor * ||params||^2`` to the loss. ``dataset_meta_data`` must give
-  ``num_classes`` (and ``class_names`` for the per-class metrics). ``backbone`` replaces the backbone that
+  ``auxiliary_head``, ``dtype`` (and optionally ``norm_axis_name``, ``avg_non_ignore``, ``ignore_label``); the
+  top-level Scenic fields ``l2_decay_factor``, ``label_smoothing`` and ``class_rebalancing_factor`` (with
+  ``dataset_meta_data["class_proportions"]``) shape the loss. ``dataset_meta_data`` must give ``num_classes``
+  (and ``class_names`` for the per-class metrics). ``backbone`` replaces the backbone that
   ``config.model.backbone`` would build (any module returning the stage dict).
   """
 
@@ -202,7 +250,7 @@ class SegmentationModel(BaseModel):
         model=dict(
             backbone=dict(name="crossformer_s", overrides=dict(embed_dim=16, depths=(1, 1, 1, 1),
                                                                num_heads=(1, 1, 2, 2)),
-                          drop_path_rate=0.0, lda_mode="v1", checkpoint=None, remat=False),
+                          drop_path_rate=0.0, lda_mode="v1", remat=False),
             neck=None,
             decode_head=dict(type="upernet", channels=16, pool_scales=(1, 2, 3, 6), norm="batch", dropout=0.1),
             auxiliary_head=dict(channels=16, in_index=2, num_convs=1, concat_input=False, norm="batch",
@@ -210,51 +258,114 @@ class SegmentationModel(BaseModel):
             dtype="float32",
             norm_axis_name=None,
             avg_non_ignore=True,
+            ignore_label=-1,
         ),
         l2_decay_factor=None,
+        label_smoothing=None,
+        class_rebalancing_factor=0.0,
     ))
 
-  def loss_function(self, outputs: Mapping[str, jnp.ndarray], batch: Batch,
-                    model_params: Optional[Any] = None) -> jnp.ndarray:
-    """Decode-head pixel cross-entropy + ``loss_weight`` x auxiliary cross-entropy (+ optional L2)."""
-    avg_non_ignore = self.model_config.get("avg_non_ignore", True)
-    batch_mask = batch.get("batch_mask")
-    loss = segmentation_loss(outputs["logits"], batch["label"], batch_mask, avg_non_ignore)
-    if "aux_logits" in outputs:
+  @property
+  def ignore_label(self) -> int:
+    """The label of unlabelled pixels (``config.model.ignore_label``, default -1; 255 works too)."""
+    return int(self.model_config.get("ignore_label", -1))
+
+  def get_label_weights(self) -> Optional[np.ndarray]:
+    """Scenic's class rebalancing: ``None`` unless ``config.class_rebalancing_factor`` w > 0, else the (K,)
+    weights ``1 / (w * p + 1 - w)`` (``p`` = ``dataset_meta_data["class_proportions"]`` normalised, at least
+    1e-8), rescaled to sum to K."""
+    factor = self.config.get("class_rebalancing_factor")
+    if not factor:
+      return None
+    if not 0.0 <= factor <= 1.0:
+      raise ValueError(f"config.class_rebalancing_factor must be in [0, 1], got {factor}")
+    if "class_proportions" not in self.dataset_meta_data:
+      raise ValueError("config.class_rebalancing_factor is set but dataset_meta_data has no "
+                       "'class_proportions'")
+    proportions = np.asarray(self.dataset_meta_data["class_proportions"], np.float64)
+    proportions = np.maximum(proportions / np.sum(proportions), 1e-8)
+    weights = 1.0 / (factor * proportions + (1.0 - factor))
+    return (weights / np.sum(weights) * len(weights)).astype(np.float32)
+
+  def loss_function(self, outputs: Any, batch: Batch, model_params: Optional[Any] = None) -> jnp.ndarray:
+    """The training loss on ``outputs`` (the network's dict or a bare logits array) and a batch with
+    ``label`` and optionally ``batch_mask`` (per example or per pixel).
+
+    Decode-head cross-entropy (``segmentation_loss`` with ``config.label_smoothing`` and Scenic's class
+    rebalancing) + ``auxiliary_head.loss_weight`` x the same on ``aux_logits`` (training only) + Scenic's
+    optional L2 term. On a logits array with Scenic's defaults this is Scenic's
+    ``SegmentationModel.loss_function``.
+    """
+    logits, aux_logits = split_outputs(outputs)
+    kwargs = dict(batch_mask=batch.get("batch_mask"), avg_non_ignore=self.model_config.get("avg_non_ignore", True),
+                  ignore_label=self.ignore_label, label_smoothing=self.config.get("label_smoothing"),
+                  label_weights=self.get_label_weights())
+    loss = segmentation_loss(logits, batch["label"], **kwargs)
+    if aux_logits is not None:
       aux_cfg = self.model_config.get("auxiliary_head")
       if aux_cfg is None:
         raise ValueError("outputs carry 'aux_logits' but config.model.auxiliary_head is None")
-      loss = loss + aux_cfg.get("loss_weight", 0.4) * segmentation_loss(
-          outputs["aux_logits"], batch["label"], batch_mask, avg_non_ignore)
+      loss = loss + aux_cfg.get("loss_weight", 0.4) * segmentation_loss(aux_logits, batch["label"], **kwargs)
     return loss + self.l2_regularization(model_params)
 
-  def get_metrics_fn(self, split: Optional[str] = None) -> MetricFn:
-    """``fn(outputs, batch) -> {"loss": (sum, count), "pixel_accuracy": (sum, count)}`` over labelled pixels.
+  def get_metrics_fn_jit(self, split: Optional[str] = None) -> MetricFn:
+    """``fn(outputs, batch) -> {name: (value, normalizer)}`` with Scenic's names and meanings, the same for
+    every split (so train and eval ``loss`` mean the same thing):
 
-    ``loss`` is the decode-head cross-entropy (``aux_loss`` is added when aux logits are present). The
-    same metrics serve every split.
+    * ``accuracy``: (correct labelled pixels, labelled pixels);
+    * ``loss``: (mean cross-entropy of the decode head over the labelled pixels, 1) -- no smoothing,
+      rebalancing, auxiliary or L2 term, as Scenic's metric; summed over devices under pmap it is
+      (sum of the per-device means, number of devices);
+    * ``aux_loss``: the same for the auxiliary head, when its logits are present (training).
     """
     del split
+    ignore_label = self.ignore_label
 
-    def metrics_fn(outputs: Mapping[str, jnp.ndarray], batch: Batch) -> Dict[str, Any]:
+    def metrics_fn(outputs: Any, batch: Batch) -> Dict[str, Any]:
+      logits, aux_logits = split_outputs(outputs)
       labels = batch["label"]
-      weights = pixel_weights(labels, batch.get("batch_mask"))
+      weights = pixel_weights(labels, batch.get("batch_mask"), ignore_label, logits.shape[-1])
       count = jnp.sum(weights)
-      correct = (jnp.argmax(outputs["logits"], axis=-1) == labels).astype(jnp.float32)
+      one = jnp.ones((), jnp.float32)
+      correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
       metrics = {
-          "loss": (jnp.sum(pixel_cross_entropy(outputs["logits"], labels) * weights), count),
-          "pixel_accuracy": (jnp.sum(correct * weights), count),
+          "accuracy": (jnp.sum(correct * weights), count),
+          "loss": (jnp.sum(pixel_cross_entropy(logits, labels) * weights) / (count + 1e-8), one),
       }
-      if "aux_logits" in outputs:
-        metrics["aux_loss"] = (jnp.sum(pixel_cross_entropy(outputs["aux_logits"], labels) * weights), count)
+      if aux_logits is not None:
+        metrics["aux_loss"] = (jnp.sum(pixel_cross_entropy(aux_logits, labels) * weights) / (count + 1e-8), one)
       return metrics
 
     return metrics_fn
 
-  def confusion_matrix(self, outputs: Mapping[str, jnp.ndarray], batch: Batch) -> jnp.ndarray:
-    """Jittable per-batch (K, K) int32 confusion matrix of ``outputs["logits"]`` (sum it over batches)."""
-    return confusion_matrix(outputs["logits"], batch["label"], self.num_classes, batch.get("batch_mask"))
+  def confusion_matrix(self, outputs: Any, batch: Batch) -> jnp.ndarray:
+    """Jittable per-batch (K, K) int32 confusion matrix of the decode logits (sum it over batches)."""
+    logits, _ = split_outputs(outputs)
+    return confusion_matrix(logits, batch["label"], self.num_classes, batch.get("batch_mask"), self.ignore_label)
 
   def global_metrics(self, confusion: Any) -> Dict[str, Any]:
     """mIoU / mAcc / aAcc and per-class IoU/Acc named by ``dataset_meta_data["class_names"]``."""
     return segmentation_metrics_from_confusion(confusion, self.dataset_meta_data.get("class_names"))
+
+  def get_global_metrics_fn(self) -> Callable[[List[Any], Mapping[str, Any]], Dict[str, float]]:
+    """Scenic's ``global_metrics_fn(all_confusion_mats, dataset_metadata)``: the list of per-batch confusion
+    matrices ((K, K) or Scenic's (n, K, K)) is summed; returns Scenic's ``mean_iou`` and
+    ``iou_per_class/NN_name`` plus mmseg's ``mIoU``, ``mAcc``, ``aAcc`` (classes absent from labels and
+    predictions are left out of the means in both)."""
+
+    def global_metrics_fn(all_confusion_mats: List[Any], dataset_metadata: Mapping[str, Any]) -> Dict[str, float]:
+      if not len(all_confusion_mats):
+        raise ValueError("global_metrics_fn needs at least one confusion matrix")
+      confusion = np.sum([np.asarray(c, np.float64).reshape((-1,) + np.shape(c)[-2:]).sum(0)
+                          for c in all_confusion_mats], axis=0)
+      names = dataset_metadata.get("class_names")
+      results = segmentation_metrics_from_confusion(confusion, names)
+      metrics = {"mean_iou": float(np.nan_to_num(results["mIoU"])), "mIoU": results["mIoU"],
+                 "mAcc": results["mAcc"], "aAcc": results["aAcc"]}
+      for index in range(confusion.shape[0]):
+        name = names[index] if names is not None else f"class_{index}"
+        tag = f"iou_per_class/{index:02d}" + (f"_{names[index]}" if names is not None else "")
+        metrics[tag] = float(np.nan_to_num(results[f"IoU/{name}"]))
+      return metrics
+
+    return global_metrics_fn

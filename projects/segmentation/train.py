@@ -20,6 +20,7 @@ import numpy as np
 from projects.common import config_utils
 from projects.common import evaluation
 from projects.common import sharding
+from projects import registry
 from projects.common import trainer
 from projects.segmentation import visualize
 from projects.segmentation.model import SegmentationModel
@@ -114,9 +115,8 @@ def ensure_synthetic_data(config: ml_collections.ConfigDict, workdir: str) -> ml
 
 
 def build_dataset(config: ml_collections.ConfigDict) -> Any:
-  """The ADE20K ``Dataset`` of ``config.dataset`` (``projects.segmentation.data.get_dataset``)."""
-  from projects.segmentation.data import pipeline  # pylint: disable=g-import-not-at-top
-  return pipeline.get_dataset(config)
+  """The ``Dataset`` registered as ``config.dataset_name`` (default ``ade20k``: ``pipeline.get_dataset``)."""
+  return registry.get_dataset_fn(config.get("dataset_name") or "ade20k")(config)
 
 
 def write_results(results: Mapping[str, Any], workdir: str) -> Dict[str, str]:
@@ -152,10 +152,10 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   dataset = build_dataset(config)
   if jax.process_index() == 0:
     config_utils.save_config(config, workdir)
-  model = SegmentationModel(config, dataset.meta_data)
+  model = registry.get_model_cls(config.get("model_name") or "crossformer_segmentation")(config, dataset.meta_data)
   evaluator = SegmentationEvaluator(model, num_examples=int(config.get("num_visualized_images", 4)))
-  result = trainer.train_and_evaluate(model, dataset, config, workdir, evaluator, mesh=mesh,
-                                      **trainer_kwargs)
+  train_fn = registry.get_trainer(config.get("trainer_name") or "crossformer_trainer")
+  result = train_fn(model, dataset, config, workdir, evaluator, mesh=mesh, **trainer_kwargs)
   if jax.process_index() == 0 and result.eval_summary:
     paths = write_results(result.eval_summary, workdir)
     logging.info("final mIoU %.4f (per-class IoU in %s)", result.eval_summary.get("mIoU", float("nan")),

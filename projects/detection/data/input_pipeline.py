@@ -5,13 +5,13 @@ multiple of 32 -- into one of a few aspect-ratio buckets so that XLA compiles on
 image keeping its own size (``label.image_size`` is its valid region). Batches are formed within a bucket
 (mmdet's ``GroupSampler``), images without annotations are skipped (``filter_empty_gt``), crowd and degenerate
 boxes are dropped from the targets, which are padded to ``max_boxes`` with label -1. The batch at step ``s``
-depends only on ``(config.seed, s)``, so ``train_iter_fn(s)`` resumes exactly; each process reads its
+depends only on ``(config.rng_seed, s)``, so ``train_iter_fn(s)`` resumes exactly; each process reads its
 contiguous share of every global batch.
 
 Eval: the same without flip, every image once, bucket by bucket, the last batch of each bucket completed with
 filler examples (``batch_mask`` 0, ``image/id`` -1, no targets).
 
-Config (``config.dataset``; defaults in ``default_dataset_config()``), plus ``config.seed``,
+Config (``config.dataset``; defaults in ``default_dataset_config()``), plus ``config.rng_seed``,
 ``config.batch_size`` (global) and ``config.eval_batch_size`` (global, defaults to ``batch_size``):
 
 * ``builder``: ``"coco_tree"`` (an extracted COCO-format tree) or ``"coco/2017"`` (the stock tfds builder);
@@ -137,7 +137,7 @@ def get_dataset(config: ml_collections.ConfigDict, *, process_index: Optional[in
   eval_batch_size = int(config.get("eval_batch_size") or batch_size)
   train_share = schedule.process_share(batch_size, process_index, process_count)
   eval_share = schedule.process_share(eval_batch_size, process_index, process_count)
-  seed = int(config.get("seed", 0))
+  seed = int(config.get("rng_seed", 0))
   image_scale = tuple(int(v) for v in dataset_config.image_scale)
 
   builder = coco_source.make_builder(dataset_config)

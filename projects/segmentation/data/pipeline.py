@@ -54,7 +54,7 @@ def default_dataset_config() -> ml_collections.ConfigDict:
   ``flip_prob``, ``photometric_distortion``, ``shuffle_buffer_size`` (records, per process),
   ``eval_scale`` / ``size_divisor`` (test AlignResize), ``eval_buckets`` (None = ``default_eval_buckets``, or
   a list of (h, w) multiples of ``size_divisor``). Batch sizes are ``config.batch_size`` and
-  ``config.eval_batch_size`` (global; default: ``batch_size``), the seed ``config.seed``.
+  ``config.eval_batch_size`` (global; default: ``batch_size``), the seed ``config.rng_seed``.
   """
   return ml_collections.ConfigDict({
       "name": DATASET_NAME,
@@ -298,7 +298,7 @@ def get_dataset(config: ml_collections.ConfigDict, *, process_index: Optional[in
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is not in [0, process_count={process_count})")
   settings = _settings(config)
-  seed = int(config.get("seed", 0))
+  seed = int(config.get("rng_seed", 0))
   train_batch = _local_batch_size(config, "batch_size", process_count)
   eval_batch = _local_batch_size(config, "eval_batch_size", process_count)
   builder = load_builder(settings.data_dir)
