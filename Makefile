@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo demo-detection test test-fast benchmark
+.PHONY: setup demo demo-detection test test-fast lint benchmark
 
 setup: $(VENV)/.installed
 
@@ -20,10 +20,13 @@ demo: setup
 demo-detection: setup
 	$(PY) -m projects.detection.main --config configs/tiny_coco.py --workdir workdirs/tiny_coco
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: setup lint
 	$(PY) -m pytest -q -m "not slow"
 
 benchmark: setup
