@@ -268,3 +268,13 @@ def restore_model(config_or_path: ConfigOrPath, checkpoint: Union[str, os.PathLi
     meta.setdefault(key, value)
   model = build_model(config, meta)
   return model, check_variables(model, variables, source_name)
+
+
+class InferenceState:
+  """The part of a ``TrainState`` that evaluation uses (``variables()``), for restored models."""
+
+  def __init__(self, variables: Mapping[str, Any]) -> None:
+    self._variables = dict(variables)
+
+  def variables(self) -> Dict[str, Any]:
+    return self._variables
