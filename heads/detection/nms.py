@@ -19,14 +19,23 @@ class NmsResult(NamedTuple):
   valid: jnp.ndarray
 
 
+# mmcv ``batched_nms``: below this many candidates classes are separated by coordinate offsets (one NMS over
+# shifted boxes), from it on by running NMS class by class on the original boxes.
+SPLIT_THR = 10000
+
+
 def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, labels: jnp.ndarray, iou_threshold: float,
-                max_outputs: int, candidate_mask: Optional[jnp.ndarray] = None) -> NmsResult:
+                max_outputs: int, candidate_mask: Optional[jnp.ndarray] = None,
+                split_thr: int = SPLIT_THR) -> NmsResult:
   """Greedy per-class NMS of one image, keeping at most ``max_outputs`` boxes.
 
   Equivalent to mmcv's ``batched_nms`` followed by ``[:max_outputs]``: candidates are visited in descending
   score order; one is kept unless a kept candidate of the same label overlaps it with IoU ``> iou_threshold``.
   Each of the ``max_outputs`` steps picks the best live candidate and suppresses its same-label neighbours, so
   the cost is ``O(max_outputs * K)`` and never builds a ``K x K`` matrix. Use ``jax.vmap`` for a batch.
+
+  As mmcv, with fewer than ``split_thr`` candidates the IoUs are computed (float32) on boxes shifted by
+  ``label * (max coordinate + 1)``, which rounds them as mmcv does; otherwise on the original boxes.
 
   Args:
     boxes: ``(K, 4)`` xyxy candidates.
@@ -44,6 +53,11 @@ def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, labels: jnp.ndarray, io
   alive = jnp.ones((num,), bool) if candidate_mask is None else candidate_mask.astype(bool)
   boxes = boxes.astype(jnp.float32)
   positions = jnp.arange(num)
+  if num > 0:
+    count = alive.sum()
+    max_coordinate = jnp.max(jnp.where(alive[:, None], boxes, -jnp.inf))
+    offsets = labels.astype(jnp.float32) * (max_coordinate + jnp.float32(1.0))
+    boxes = boxes + jnp.where((count > 0) & (count < split_thr), offsets, 0.0)[:, None]
 
   def step(i, state):
     alive, indices, valid = state
