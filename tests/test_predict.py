@@ -234,8 +234,8 @@ def test_evaluate_command_scores_every_original_pixel(seg_workdir, tmp_path):
 @pytest.fixture(scope="module")
 def det_workdir(tmp_path_factory):
   config = config_utils.load_config(str(REPO / "configs" / "tiny_coco.py"), {"model.test_cfg.score_thr": 0.0})
-  with config.unlocked():  # the dataset facts a converted model file carries
-    config.num_classes, config.class_names, config.category_ids = 3, ["circle", "square", "star"], [2, 7, 11]
+  with config.unlocked():  # the dataset facts a model file carries
+    config.dataset_meta = {"num_classes": 3, "class_names": ["circle", "square", "star"], "category_ids": [2, 7, 11]}
   model = restore.build_model(config, {"num_classes": 3})
   return _save_workdir(tmp_path_factory.mktemp("det_run"), config, _init(model))
 
@@ -254,3 +254,45 @@ def test_detection_predict_command(det_workdir, images_dir, tmp_path):
     assert r["category_id"] in (2, 7, 11) and 0.0 <= r["score"] <= 1.0
     assert 0 <= x and 0 <= y and w >= 0 and h >= 0 and x + w <= 500 + 1e-3 and y + h <= 333 + 1e-3
   assert Image.open(tmp_path / "photo.png").size == (500, 333)
+
+
+def _official_layout(config, variables, keys_file):
+  """A tiny model's variables written under the official mmseg key names (the layout of ``keys_file``,
+  keeping the keys the tiny model has), as an official checkpoint would hold them."""
+  from heads import official  # pylint: disable=g-import-not-at-top
+  flat = {(c,) + tuple(path): v for c in variables
+          for path, v in flax.traverse_util.flatten_dict(jax.tree.map(np.asarray, variables[c])).items()}
+  state_dict = {}
+  for entry in json.loads(keys_file.read_text())["keys"]:
+    key = entry["key"]
+    prefix, rest = key.split(".", 1)
+    target = official.PREFIX_CONVERTERS[prefix](rest, np.zeros(entry["shape"], np.float32))
+    if target is None:
+      if key.endswith("num_batches_tracked") and key.rsplit(".", 1)[0] + ".running_mean" in state_dict:
+        state_dict[key] = np.zeros((), np.int64)
+      continue
+    collection, path, _ = target
+    value = flat.get((collection,) + tuple(path))
+    if value is None:
+      continue  # a block the tiny backbone does not have
+    if path[-1] == "kernel":  # HWIO -> OIHW, (in, out) -> (out, in)
+      value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+    state_dict[key] = value
+  return state_dict
+
+
+def test_official_npz_converts_and_predicts(images_dir, tmp_path):
+  keys_file = REPO.parent / "shared" / "fixtures" / "heads" / "keys_fpn_crossformer_s.json"
+  if not keys_file.is_file():
+    pytest.skip(f"{keys_file} not found (the shared/ folder beside the checkout)")
+  config = _seg_config()
+  model = restore.build_model(config, {"num_classes": SEG_CLASSES})
+  variables = _init(model, seed=3)
+  state_dict = _official_layout(config, variables, keys_file)
+  assert "decode_head.conv_seg.weight" in state_dict and "backbone.layers.3.blocks.0.mlp.fc1.weight" in state_dict
+  np.savez(tmp_path / "fpn_tiny.npz", **state_dict)
+  segmenter = seg_predictor.Segmenter.from_checkpoint(config, str(tmp_path / "fpn_tiny.npz"))
+  for a, b in zip(jax.tree.leaves(segmenter.variables), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(a, b)  # every tensor back in its place
+  label_map = segmenter(images_dir / "photo.jpg")
+  assert label_map.shape == (333, 500) and len(np.unique(label_map)) > 1

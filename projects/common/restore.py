@@ -8,8 +8,9 @@
   (``projects.common.model_io.convert_official_checkpoint``).
 
 The task (segmentation or detection) follows from ``config.model`` (``decode_head`` or ``bbox_head``); the
-dataset facts the model needs (``num_classes``, ``class_names``, COCO ``category_ids``) come from the config
-(converted files store them), else from the checkpoint's classifier shape and the dataset's defaults.
+dataset facts the model needs (``num_classes``, ``class_names``, COCO ``category_ids``) come from
+``config.dataset_meta`` (model files store it), else from the checkpoint's classifier shape and the
+dataset's defaults.
 """
 
 import json
@@ -24,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from projects.common import config_utils
+from projects.common import model_io
 from projects.common.base_model import BaseModel
 
 ConfigOrPath = Union[None, str, os.PathLike, ml_collections.ConfigDict]
@@ -134,7 +136,8 @@ def default_meta_data(task: str, config: ml_collections.ConfigDict, num_classes:
   """``num_classes``, ``class_names`` (and COCO ``category_ids``) when only the class count is known.
 
   Segmentation with 150 classes gets ADE20K's names; detection first asks the prepared dataset of
-  ``config.dataset`` (when it is on disk), else names are ``class_<i>`` and category ids ``1..C``.
+  ``config.dataset`` (when it is on disk), then COCO's 80 classes, else names are ``class_<i>`` and category
+  ids ``1..C``.
   """
   meta: Dict[str, Any] = {"num_classes": num_classes}
   if task == "segmentation":
@@ -142,9 +145,12 @@ def default_meta_data(task: str, config: ml_collections.ConfigDict, num_classes:
     meta["class_names"] = (list(ade20k_classes.CLASS_NAMES) if num_classes == ade20k_classes.NUM_CLASSES
                            else [f"class_{i}" for i in range(num_classes)])
     return meta
+  from projects.detection.data import coco_classes  # pylint: disable=g-import-not-at-top
   dataset_meta = _detection_dataset_meta(config)
   if dataset_meta and int(dataset_meta["num_classes"]) == num_classes:
     meta.update({k: list(dataset_meta[k]) for k in ("class_names", "category_ids")})
+  elif num_classes == len(coco_classes.CLASS_NAMES):
+    meta.update(class_names=list(coco_classes.CLASS_NAMES), category_ids=list(coco_classes.CATEGORY_IDS))
   else:
     meta["class_names"] = [f"class_{i}" for i in range(num_classes)]
     meta["category_ids"] = list(range(1, num_classes + 1))
@@ -169,9 +175,10 @@ def _detection_dataset_meta(config: ml_collections.ConfigDict) -> Optional[Mappi
 
 
 def config_meta_data(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """The dataset facts a converted model file's config carries at its top level (``num_classes``, ...)."""
-  return {k: (list(config[k]) if k != "num_classes" else int(config[k]))
-          for k in META_KEYS if config.get(k) is not None}
+  """The dataset facts a config carries in ``config.dataset_meta`` (``num_classes``, ``class_names``,
+  ``category_ids``; model files written by ``model_io.save_model_file`` always do)."""
+  meta = config.get("dataset_meta") or {}
+  return {k: (int(meta[k]) if k == "num_classes" else list(meta[k])) for k in META_KEYS if meta.get(k) is not None}
 
 
 def build_model(config: ml_collections.ConfigDict, meta_data: Mapping[str, Any]) -> BaseModel:
@@ -209,15 +216,6 @@ def check_variables(model: BaseModel, variables: Mapping[str, Any], source: str)
   return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in cast.items()})
 
 
-def _model_io():
-  try:
-    from projects.common import model_io  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise ValueError("converted model files and official checkpoints need projects.common.model_io "
-                     "(the checkpoint converter); use a training workdir as --checkpoint meanwhile") from None
-  return model_io
-
-
 def restore_model(config_or_path: ConfigOrPath, checkpoint: Union[str, os.PathLike],
                   meta_data: Optional[Mapping[str, Any]] = None) -> Tuple[BaseModel, Dict[str, Any]]:
   """``(task model, variables)`` for inference; see the module docstring for what ``checkpoint`` may be.
@@ -250,10 +248,10 @@ def restore_model(config_or_path: ConfigOrPath, checkpoint: Union[str, os.PathLi
     if config_or_path is None:
       raise ValueError(f"official checkpoint {source} needs the config of its model: pass --config")
     config = load_job_config(config_or_path)
-    variables = _model_io().convert_official_checkpoint(str(source), config)
+    variables = model_io.convert_official_checkpoint(str(source), config)
     source_name = str(source)
   else:
-    stored, variables = _model_io().load_model_file(str(source))
+    stored, variables = model_io.load_model_file(str(source))
     stored = ml_collections.ConfigDict(stored)
     config = stored if config_or_path is None else load_job_config(config_or_path)
     if config_or_path is not None:  # the file's dataset facts still apply
