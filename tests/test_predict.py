@@ -194,7 +194,7 @@ def test_evaluator_scores_at_the_original_size(seg_workdir):
   evaluator = train.SegmentationEvaluator(model, num_examples=0,
                                           test_time=seg_predictor.test_time_from_config(model.config))
   evaluator.reset()
-  evaluator.begin_pass(restore.InferenceState(_constant_variables(model, variables, 0)))
+  evaluator.begin_pass(restore.InferenceState(tree=_constant_variables(model, variables, 0)))
   raw = np.zeros((2, 64, 64), np.uint8)  # canvas; raw 1 = class 0, raw 2 = class 1, 0 = ignore/padding
   raw[0, :20, :45] = 2
   raw[0, :20, :3] = 1  # 60 pixels of class 0 in a 20x45 annotation of 900

@@ -268,11 +268,11 @@ def restore_model(config_or_path: ConfigOrPath, checkpoint: Union[str, os.PathLi
   return model, check_variables(model, variables, source_name)
 
 
+@flax.struct.dataclass
 class InferenceState:
-  """The part of a ``TrainState`` that evaluation uses (``variables()``), for restored models."""
-
-  def __init__(self, variables: Mapping[str, Any]) -> None:
-    self._variables = dict(variables)
+  """The part of a ``TrainState`` that evaluation uses (``variables()``), for restored models; a pytree, so
+  it can be passed to jitted eval steps: ``InferenceState(tree=variables)``."""
+  tree: Dict[str, Any]
 
   def variables(self) -> Dict[str, Any]:
-    return self._variables
+    return dict(self.tree)

@@ -59,7 +59,7 @@ def evaluate(model: Any, variables: Any, config: ml_collections.ConfigDict, outp
   evaluator = CocoEvaluator.from_meta_data(meta, model.predict, output_dir)
   eval_step = jax.jit(trainer.make_eval_step(model, trainer.compute_dtype(config), evaluator),
                       in_shardings=(sharding.replicated_sharding(mesh), sharding.batch_sharding(mesh)))
-  state = restore.InferenceState(sharding.replicate(variables, mesh))
+  state = restore.InferenceState(tree=sharding.replicate(dict(variables), mesh))
   batches = tqdm(dataset.eval_iter_fn(), desc="evaluate", unit="batch", total=meta.get("num_eval_batches"),
                  disable=not progress, dynamic_ncols=True)
   return evaluation.run_evaluation(eval_step, state, batches, lambda b: sharding.shard_batch(b, mesh),

@@ -55,7 +55,7 @@ def evaluate(model: Any, variables: Any, config: ml_collections.ConfigDict, mode
   batches = tqdm(dataset.eval_iter_fn(), desc="evaluate", unit="batch", total=total, disable=not progress,
                  dynamic_ncols=True)
   # The evaluator infers every example itself: the pass needs no bucket forward (no eval step).
-  results = evaluation.run_evaluation(lambda state, batch: ({}, None), restore.InferenceState(variables),
+  results = evaluation.run_evaluation(lambda state, batch: ({}, None), restore.InferenceState(tree=dict(variables)),
                                       batches, lambda batch: batch, evaluator, max_batches=max_batches)
   results["test_time"] = evaluator.test_time
   return results

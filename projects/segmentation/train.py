@@ -181,8 +181,11 @@ def build_dataset(config: ml_collections.ConfigDict) -> Any:
 def write_results(results: Mapping[str, Any], workdir: str) -> Dict[str, str]:
   """Writes ``eval_results.json`` (scalars) and ``per_class_iou.tsv``; returns their paths."""
   paths = {"summary": os.path.join(workdir, "eval_results.json")}
+  summary: Dict[str, Any] = evaluation.scalar_results(results)
+  if "protocol" in results:  # how the score was computed (original_size: mmseg's)
+    summary["protocol"] = str(results["protocol"])
   with open(paths["summary"], "w") as f:
-    json.dump(evaluation.scalar_results(results), f, indent=2, sort_keys=True)
+    json.dump(summary, f, indent=2, sort_keys=True)
   if "per_class" in results:
     paths["per_class"] = os.path.join(workdir, "per_class_iou.tsv")
     with open(paths["per_class"], "w") as f:
