@@ -142,7 +142,9 @@ class Segmenter:
     self.output_multiple = int(output_multiple)
     self.class_names = list(model.dataset_meta_data.get("class_names")
                             or [f"class_{i}" for i in range(model.num_classes)])
-    self._view_fn = jax.jit(self._view_scores, static_argnames=("flip", "softmax"))
+    # Two programs: the network per view shape, the (cheap) resize per (view, output canvas) shape.
+    self._logits_fn = jax.jit(self._view_logits, static_argnames=("flip",))
+    self._resize_fn = jax.jit(self._resize_scores, static_argnames=("softmax",))
     self._argmax = jax.jit(lambda x: jnp.argmax(x, axis=-1).astype(jnp.int32))
 
   @classmethod
@@ -158,8 +160,8 @@ class Segmenter:
   def num_classes(self) -> int:
     return self.model.num_classes
 
-  def _view_scores(self, variables, view: jnp.ndarray, rows, cols, flip: bool, softmax: bool) -> jnp.ndarray:
-    """Scores of one normalised view (1, h, w, 3) resized to the output canvas (Hp, Wp, K)."""
+  def _view_logits(self, variables, view: jnp.ndarray, flip: bool) -> jnp.ndarray:
+    """Logits (h, w, K) of one normalised view (1, h, w, 3), whole or by sliding window (un-flipped)."""
     tt = self.test_time
 
     def apply_fn(x):
@@ -170,7 +172,11 @@ class Segmenter:
       logits = inference.whole_inference(apply_fn, x, tt.size_divisor)
     else:
       logits = inference.slide_inference(apply_fn, x, tt.crop_size, tt.stride, tt.size_divisor)
-    logits = logits[0, :, ::-1] if flip else logits[0]
+    return logits[0, :, ::-1] if flip else logits[0]
+
+  @staticmethod
+  def _resize_scores(logits: jnp.ndarray, rows, cols, softmax: bool) -> jnp.ndarray:
+    """``logits`` resized to the output canvas (Hp, Wp, K) (softmax scores with ``softmax``)."""
     scores = _gather_resize(logits, rows, cols)
     return jax.nn.softmax(scores, axis=-1) if softmax else scores
 
@@ -189,8 +195,8 @@ class Segmenter:
       rows = resize_indices(view.shape[0], height, canvas[0])
       cols = resize_indices(view.shape[1], width, canvas[1])
       for flip in ((False, True) if self.test_time.flip else (False,)):
-        scores = self._view_fn(self.variables, jnp.asarray(view, jnp.float32)[None], rows, cols, flip=flip,
-                               softmax=softmax)
+        logits = self._logits_fn(self.variables, jnp.asarray(view, jnp.float32)[None], flip=flip)
+        scores = self._resize_fn(logits, rows, cols, softmax=softmax)
         total = scores if total is None else total + scores
     return np.asarray(self._argmax(total))[:height, :width]
 
