@@ -78,6 +78,9 @@ def atomic_write(path: pathlib.Path, data: bytes) -> pathlib.Path:
     except BaseException:
       os.unlink(tmp)
       raise
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it (temp files start at 0600)
   os.replace(tmp, path)
   return path
 
@@ -130,7 +133,8 @@ def run_over_inputs(input_path: str, output_dir: str, suffixes: Sequence[str],
 
   A file that cannot be read (``OSError`` / ``ValueError`` from the callback) or whose outputs belong to
   another input is reported by name and skipped. Returns ``{"done": [...], "skipped": {path: reason},
-  "seconds_per_image": ...}`` (the mean over images after the first, which includes compilation).
+  "first_image_seconds": ..., "seconds_per_image": ...}`` (the mean over the images after the first, whose
+  time includes compilation; NaN for a single image).
   """
   inputs, root = list_inputs(pathlib.Path(input_path))
   out = pathlib.Path(output_dir)
@@ -151,6 +155,6 @@ def run_over_inputs(input_path: str, output_dir: str, suffixes: Sequence[str],
         reason = str(e) if str(path) in str(e) else f"{path}: {e}"
     skipped[str(path)] = reason
     tqdm.write(f"skipped {path}: {reason}")
-  steady = durations[1:] or durations
   return {"done": done, "skipped": skipped,
-          "seconds_per_image": float(np.mean(steady)) if steady else float("nan")}
+          "seconds_per_image": float(np.mean(durations[1:])) if len(durations) > 1 else float("nan"),
+          "first_image_seconds": durations[0] if durations else float("nan")}
