@@ -5,7 +5,6 @@ config.json, as the trainer writes them) and shared by the module; test images a
 """
 
 import json
-import os
 import pathlib
 
 import flax

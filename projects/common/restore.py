@@ -20,7 +20,6 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import flax
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -31,7 +30,6 @@ from projects.common.base_model import BaseModel
 ConfigOrPath = Union[None, str, os.PathLike, ml_collections.ConfigDict]
 OFFICIAL_SUFFIXES = (".pth", ".pt", ".npz")
 META_KEYS = ("num_classes", "class_names", "category_ids")
-_INIT_SIZE = 128  # a valid CrossFormer input size at which every head (P7 at stride 128 too) has one cell
 
 
 def load_job_config(config_or_path: ConfigOrPath) -> ml_collections.ConfigDict:
@@ -55,12 +53,8 @@ def load_job_config(config_or_path: ConfigOrPath) -> ml_collections.ConfigDict:
 
 def task_of(config: ml_collections.ConfigDict) -> str:
   """``"segmentation"`` (``config.model.decode_head``) or ``"detection"`` (``config.model.bbox_head``)."""
-  model = config.get("model") or {}
-  if model.get("decode_head") is not None:
-    return "segmentation"
-  if model.get("bbox_head") is not None:
-    return "detection"
-  raise ValueError("the config's model has neither a decode_head (segmentation) nor a bbox_head (detection)")
+  kind = model_io.model_kind(config)
+  return "detection" if kind == "retinanet" else kind
 
 
 def model_class(task: str) -> type:
@@ -197,10 +191,7 @@ def check_variables(model: BaseModel, variables: Mapping[str, Any], source: str)
 
   Raises ``ValueError`` naming the missing / unexpected / mismatched paths and ``source``.
   """
-  abstract = jax.eval_shape(lambda: model.flax_model.init(
-      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
-      jnp.zeros((1, _INIT_SIZE, _INIT_SIZE, 3), jnp.float32), train=False))
-  expected, given = _flat(abstract), _flat(variables)
+  expected, given = _flat(model_io.variable_shapes(model)), _flat(variables)
   missing = sorted(set(expected) - set(given))
   unexpected = sorted(set(given) - set(expected))
   mismatched = sorted(f"{k} {tuple(np.shape(given[k]))} vs model {tuple(expected[k].shape)}"

@@ -13,7 +13,7 @@ than mmdet's test pipeline gives it).
 """
 
 import dataclasses
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp

@@ -21,7 +21,6 @@ an output canvas rounded up to ``output_multiple`` pixels, so it compiles once p
 """
 
 import dataclasses
-import functools
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
