@@ -101,6 +101,11 @@ def _base(variant: str, num_training_steps: int, batch_size: int) -> ml_collecti
   # ADE20K stand-in into dataset.data_dir (default <workdir>/data) when missing (configs/tiny_ade20k.py).
   config.synthetic_data = None
   config.num_visualized_images = 4
+  # mmseg test_cfg (projects.segmentation.predictor.TestTime): whole or slide (crop 512, stride 341); the
+  # evaluate/predict commands' --mode ms_flip adds the official ratios 0.5-1.75 with flip.
+  config.inference = ml_collections.ConfigDict(dict(mode="whole", crop_size=(512, 512), stride=(341, 341),
+                                                    ratios=(1.0,), flip=False))
+  config.l2_decay_factor = config_dict.placeholder(float)
   config.model = ml_collections.ConfigDict(dict(
       backbone=common.backbone_config(variant),
       neck=None,

@@ -10,7 +10,7 @@ A task plugs its evaluation into ``trainer.train_and_evaluate`` with an ``Evalua
   with ``sharding.to_host`` (detection: decoded boxes for COCO).
 * ``compute()`` returns the results of the pass: scalars (``float``) are logged to TensorBoard as
   ``eval/<name>``; other values (per-class arrays, ...) are returned to the caller untouched.
-* ``reset()`` is called before every pass.
+* ``reset()`` is called before every pass, then ``begin_pass(state)`` (default: nothing).
 """
 
 import abc
@@ -26,6 +26,11 @@ class Evaluator(abc.ABC):
   @abc.abstractmethod
   def reset(self) -> None:
     """Clears the accumulated state before a new pass."""
+
+  def begin_pass(self, state: Any) -> None:
+    """Called with the train state before each pass, after ``reset``; evaluators that run their own
+    inference (e.g. per-image test-time protocols) take the variables from it. Default: nothing."""
+    del state
 
   @abc.abstractmethod
   def process_fn(self, outputs: Any, batch: Mapping[str, Any]) -> Any:
@@ -90,6 +95,7 @@ def run_evaluation(eval_step, state: Any, batches: Iterable[Any], shard_fn,
   accumulator = MetricsAccumulator()
   if evaluator is not None:
     evaluator.reset()
+    evaluator.begin_pass(state)
   num_batches = 0
   for host_batch in batches:
     if max_batches is not None and 0 < max_batches <= num_batches:

@@ -2,7 +2,9 @@
 
 ``run(config, workdir)`` builds ``SegmentationModel`` and the ADE20K dataset (``get_dataset``), prepares the
 synthetic stand-in first when ``config.synthetic_data`` is set, trains with
-``projects.common.trainer.train_and_evaluate`` (mIoU every ``log_eval_steps`` and at the end) and writes into
+``projects.common.trainer.train_and_evaluate`` (mIoU every ``log_eval_steps`` and at the end, with mmseg's
+protocol: each image inferred whole or by sliding window as ``config.inference`` says and scored at its
+original size, ``SegmentationEvaluator``) and writes into
 ``workdir``: ``eval_results.json`` (mIoU, mAcc, aAcc), ``per_class_iou.tsv`` and ``predictions.png``
 (image | ground truth | prediction for the first validation images).
 """
@@ -22,39 +24,88 @@ from projects.common import evaluation
 from projects.common import sharding
 from projects import registry
 from projects.common import trainer
+from projects.segmentation import predictor
 from projects.segmentation import visualize
 from projects.segmentation.model import SegmentationModel
 
 
+def original_label(raw: np.ndarray) -> np.ndarray:
+  """ADE20K's raw annotation values to training labels: 0 ("other", padding) -> -1, k -> k - 1."""
+  return np.asarray(raw, np.int32) - 1
+
+
+def confusion_counts(label: np.ndarray, prediction: np.ndarray, num_classes: int) -> np.ndarray:
+  """(K, K) int64 counts (rows ground truth, columns prediction) over the labelled pixels (label >= 0)."""
+  valid = label >= 0
+  index = label[valid].astype(np.int64) * num_classes + prediction[valid]
+  return np.bincount(index, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
 class SegmentationEvaluator(evaluation.Evaluator):
-  """mIoU from a confusion matrix accumulated on the devices over the whole validation pass.
+  """mIoU with mmseg's protocol: every example predicted on its own and scored at its ORIGINAL size.
+
+  With ``test_time`` (``predictor.TestTime``: whole or slide, optional multi-scale + flip) and batches that
+  carry ``orig_label`` / ``orig_size`` (the ADE20K eval pipeline's), each real example's valid region
+  (``image_size``, the AlignResized image; the bucket padding is never seen by the network) is inferred by a
+  ``predictor.Segmenter`` holding the pass's variables (``begin_pass``), its logits are resized bilinearly to
+  the annotation's original size and the argmax is compared with the original annotation: the padding of
+  neither frame enters the score. Without them (other batches, or no ``test_time``) the trainer's bucket
+  logits are scored in the resized frame, as before.
 
   ``compute()`` returns ``mIoU``, ``mAcc`` and ``aAcc`` (fractions) as scalars, plus ``per_class``
-  (``{class name: {"IoU": .., "Acc": ..}}``), ``confusion_matrix`` (K, K) numpy and ``examples``: the first
-  ``num_examples`` real examples of the pass as ``{"inputs", "label", "prediction", "image_size"}`` numpy
-  arrays (this process's share of the first batch), for pictures without another forward pass.
+  (``{class name: {"IoU": .., "Acc": ..}}``), ``confusion_matrix`` (K, K) numpy, ``protocol``
+  ("original_size" or "resized_frame") and ``examples``: the first ``num_examples`` real examples of the
+  pass as ``{"inputs", "label", "prediction", "image_size"}`` numpy arrays (the resized frame, this process's
+  share of the first batch), for pictures.
   """
 
-  def __init__(self, model: SegmentationModel, num_examples: int = 4) -> None:
+  def __init__(self, model: SegmentationModel, num_examples: int = 4, test_time: Any = None) -> None:
     self.model = model
     self.num_examples = num_examples
-    self._confusion = None
-    self._examples = None
+    self.test_time = test_time
+    self._segmenter = None
+    self.reset()
 
   def reset(self) -> None:
     self._confusion = None
+    self._official = None
     self._examples = None
+
+  def begin_pass(self, state: Any) -> None:
+    if self.test_time is None:
+      return
+    # Host copies: each process infers its own examples on its local devices (no cross-process program).
+    variables = jax.tree.map(np.asarray, sharding.to_host(state.variables()))
+    if self._segmenter is None:
+      self._segmenter = predictor.Segmenter(self.model, variables, self.test_time)
+    else:  # same shapes: the compiled programs are reused
+      self._segmenter.variables = jax.device_put(variables)
 
   def process_fn(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> Any:
     return {"confusion": self.model.confusion_matrix(outputs, batch),
             "prediction": jnp.argmax(outputs["logits"], axis=-1).astype(jnp.int32)}
 
+  def _score_original_size(self, host_batch: Mapping[str, Any]) -> None:
+    num_classes = self.model.num_classes
+    mask = np.asarray(host_batch.get("batch_mask", np.ones(len(host_batch["inputs"]))))
+    for i in np.flatnonzero(mask > 0):
+      h, w = (int(v) for v in host_batch["image_size"][i])
+      oh, ow = (int(v) for v in host_batch["orig_size"][i])
+      aligned = np.asarray(host_batch["inputs"][i, :h, :w])
+      prediction = self._segmenter.predict_views(self._segmenter.views_from_aligned(aligned, (oh, ow)), (oh, ow))
+      counts = confusion_counts(original_label(host_batch["orig_label"][i, :oh, :ow]), prediction, num_classes)
+      self._official = counts if self._official is None else self._official + counts
+
   def update(self, processed: Any, host_batch: Mapping[str, Any]) -> None:
-    # The confusion matrix stays on the devices (asynchronous additions); only the first batch's
-    # predictions are fetched, for the pictures.
-    confusion = processed["confusion"]
-    self._confusion = confusion if self._confusion is None else self._confusion + confusion
-    if self._examples is None and self.num_examples > 0:
+    if self._segmenter is not None and "orig_label" in host_batch:
+      self._score_original_size(host_batch)
+      if self._official is None:  # a batch of fillers only
+        self._official = np.zeros((self.model.num_classes,) * 2, np.int64)
+    else:
+      # The confusion matrix stays on the devices (asynchronous additions).
+      confusion = processed["confusion"]
+      self._confusion = confusion if self._confusion is None else self._confusion + confusion
+    if self._examples is None and self.num_examples > 0:  # only the first batch's predictions are fetched
       local = len(host_batch["label"])
       prediction = sharding.to_host(processed["prediction"])
       if jax.process_count() > 1:  # this process's rows of the global batch
@@ -66,9 +117,16 @@ class SegmentationEvaluator(evaluation.Evaluator):
         self._examples["image_size"] = np.asarray(host_batch["image_size"])[keep]
 
   def compute(self) -> Dict[str, Any]:
-    if self._confusion is None:
+    if self._official is not None:
+      confusion = self._official
+      if jax.process_count() > 1:  # every process scored its own examples
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+        confusion = np.asarray(multihost_utils.process_allgather(confusion)).sum(axis=0)
+      protocol = "original_size"
+    elif self._confusion is not None:
+      confusion, protocol = sharding.to_host(self._confusion), "resized_frame"
+    else:
       raise ValueError("SegmentationEvaluator.compute() called before any update()")
-    confusion = sharding.to_host(self._confusion)
     metrics = self.model.global_metrics(confusion)
     per_class: Dict[str, Dict[str, float]] = {}
     for key, value in metrics.items():
@@ -76,7 +134,8 @@ class SegmentationEvaluator(evaluation.Evaluator):
         kind, name = key.split("/", 1)
         per_class.setdefault(name, {})[kind] = value
     return {"mIoU": metrics["mIoU"], "mAcc": metrics["mAcc"], "aAcc": metrics["aAcc"],
-            "per_class": per_class, "confusion_matrix": confusion, "examples": self._examples}
+            "per_class": per_class, "confusion_matrix": np.asarray(confusion), "protocol": protocol,
+            "examples": self._examples}
 
 
 def ensure_synthetic_data(config: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
@@ -122,8 +181,11 @@ def build_dataset(config: ml_collections.ConfigDict) -> Any:
 def write_results(results: Mapping[str, Any], workdir: str) -> Dict[str, str]:
   """Writes ``eval_results.json`` (scalars) and ``per_class_iou.tsv``; returns their paths."""
   paths = {"summary": os.path.join(workdir, "eval_results.json")}
+  summary: Dict[str, Any] = evaluation.scalar_results(results)
+  if "protocol" in results:  # how the score was computed (original_size: mmseg's)
+    summary["protocol"] = str(results["protocol"])
   with open(paths["summary"], "w") as f:
-    json.dump(evaluation.scalar_results(results), f, indent=2, sort_keys=True)
+    json.dump(summary, f, indent=2, sort_keys=True)
   if "per_class" in results:
     paths["per_class"] = os.path.join(workdir, "per_class_iou.tsv")
     with open(paths["per_class"], "w") as f:
@@ -153,7 +215,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   if jax.process_index() == 0:
     config_utils.save_config(config, workdir)
   model = registry.get_model_cls(config.get("model_name") or "crossformer_segmentation")(config, dataset.meta_data)
-  evaluator = SegmentationEvaluator(model, num_examples=int(config.get("num_visualized_images", 4)))
+  evaluator = SegmentationEvaluator(model, num_examples=int(config.get("num_visualized_images", 4)),
+                                    test_time=predictor.test_time_from_config(config))
   train_fn = registry.get_trainer(config.get("trainer_name") or "crossformer_trainer")
   result = train_fn(model, dataset, config, workdir, evaluator, mesh=mesh, **trainer_kwargs)
   if jax.process_index() == 0 and result.eval_summary:

@@ -74,3 +74,33 @@ def class_legend(class_ids: Sequence[int], class_names: Sequence[str],
   """``(name, rgb)`` of ``class_ids`` (e.g. the classes present in a panel), for captions."""
   colors = palette(len(class_names)) if colors is None else colors
   return tuple((class_names[c], tuple(int(v) for v in colors[c])) for c in class_ids)
+
+
+def overlay_with_legend(image: np.ndarray, label: np.ndarray, class_names: Sequence[str],
+                        colors: Optional[np.ndarray] = None, alpha: float = 0.5,
+                        max_entries: int = 20) -> np.ndarray:
+  """``image`` (H, W, 3) uint8 blended with the colours of ``label`` (H, W), and below it a legend of the
+  classes present (largest first; at most ``max_entries``, then "+N more")."""
+  from PIL import ImageDraw  # pylint: disable=g-import-not-at-top
+  image, label = np.asarray(image, np.uint8), np.asarray(label)
+  if image.shape[:2] != label.shape:
+    raise ValueError(f"image {image.shape[:2]} and label {label.shape} sizes differ")
+  colors = palette(len(class_names)) if colors is None else np.asarray(colors, np.uint8)
+  blended = np.round(image * (1.0 - alpha) + colorize(label, colors) * alpha).astype(np.uint8)
+  ids, counts = np.unique(label[label >= 0], return_counts=True)
+  order = [int(c) for c in ids[np.argsort(-counts, kind="stable")]]
+  shown, hidden = order[:max_entries], len(order) - max_entries
+  row_h, width = 14, image.shape[1]
+  entries = [(f"{class_names[c]} ({100.0 * counts[list(ids).index(c)] / label.size:.1f}%)",
+              tuple(int(v) for v in colors[c])) for c in shown]
+  if hidden > 0:
+    entries.append((f"+{hidden} more", (255, 255, 255)))
+  per_row = max(1, width // 160)
+  rows = -(-len(entries) // per_row)
+  legend = Image.new("RGB", (width, rows * row_h + 4), (0, 0, 0))
+  draw = ImageDraw.Draw(legend)
+  for i, (text, colour) in enumerate(entries):
+    x, y = (i % per_row) * 160 + 2, (i // per_row) * row_h + 2
+    draw.rectangle([x, y + 1, x + 10, y + 11], fill=colour)
+    draw.text((x + 14, y), text, fill=(255, 255, 255))
+  return np.concatenate([blended, np.asarray(legend)], axis=0)

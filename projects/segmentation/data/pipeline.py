@@ -13,12 +13,14 @@ Evaluation keeps every image at its own aspect ratio: ``AlignResize`` (``eval_sc
 rounded up to ``size_divisor``), then zero padding (label -1) to the smallest of a fixed set of shape buckets
 that holds it, so the model compiles one program per bucket. Batches hold one bucket each; the last batch of a
 bucket is completed with filler examples (``batch_mask`` 0). With several processes every process sees the
-same sequence of bucket batches and takes its share of each global batch. Metrics are computed in the
-resized frame (mmseg instead resizes the logits back to the original image size).
+same sequence of bucket batches and takes its share of each global batch. Eval batches also carry each
+annotation at its original size (``orig_label``, padded into a per-bucket canvas), so that the evaluator
+scores as mmseg does: predictions resized back to the original size (``projects.segmentation.train``).
 
 Batches are dicts of numpy arrays: ``inputs`` float32 (B, H, W, 3), ``label`` int32 (B, H, W) with classes
 0..149 and -1 = ignore, ``batch_mask`` float32 (B,), and for evaluation ``image_size`` int32 (B, 2), the valid
-(h, w) region.
+(h, w) region, ``orig_label`` uint8 (B, Hc, Wc), the raw annotation at its original size (ADE20K values: 0 =
+ignore, k = class k - 1; 0 in the padding) and ``orig_size`` int32 (B, 2), its (h, w); fillers have size 0.
 """
 
 import math
@@ -26,6 +28,7 @@ from typing import Any, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import ml_collections
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -229,6 +232,18 @@ def train_dataset(builder: ade20k_builder.Ade20kChallenge, settings: _Settings, 
   return _deterministic(ds.batch(batch_size, drop_remainder=True).prefetch(2))
 
 
+def original_canvases(assigned: tf.data.Dataset, num_buckets: int, divisor: int) -> np.ndarray:
+  """(num_buckets, 2) int32: per eval bucket, the largest original (h, w) of its images rounded up to
+  ``divisor`` (at least ``divisor``): the padded shape of the batches' ``orig_label``. Reads only the JPEG
+  headers of ``assigned`` = ``(bucket, image bytes, label bytes)`` records."""
+  canvases = np.full((num_buckets, 2), divisor, np.int64)
+  shapes = assigned.map(lambda bucket, image, _: (bucket, tf.image.extract_jpeg_shape(image)[:2]),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+  for bucket, shape in tfds.as_numpy(shapes):
+    canvases[bucket] = np.maximum(canvases[bucket], -(-shape // divisor) * divisor)
+  return canvases.astype(np.int32)
+
+
 def eval_dataset(builder: ade20k_builder.Ade20kChallenge, settings: _Settings, *, batch_size: int,
                  process_index: int, process_count: int) -> tf.data.Dataset:
   """One pass over the validation split in bucketed batches of this process's ``batch_size``."""
@@ -245,27 +260,39 @@ def eval_dataset(builder: ade20k_builder.Ade20kChallenge, settings: _Settings, *
     area = tf.where(fits, buckets[:, 0] * buckets[:, 1], tf.int32.max)
     return tf.argmin(area, output_type=tf.int64), example["image"], example["segmentation"]
 
-  def preprocess(bucket_shape):
+  canvases = tf.constant(original_canvases(records.map(assign_bucket), len(settings.eval_buckets),
+                                            settings.size_divisor), tf.int32)
+
+  def preprocess(bucket):
+    bucket_shape, canvas = buckets[bucket], canvases[bucket]
+
     def fn(_, image, segmentation):
+      raw_label = tf.io.decode_png(segmentation, channels=1)
       inputs, label = transforms.eval_transform(
-          tf.io.decode_jpeg(image, channels=3), tf.io.decode_png(segmentation, channels=1),
+          tf.io.decode_jpeg(image, channels=3), raw_label,
           scale=settings.eval_scale, size_divisor=settings.size_divisor)
       image_size = tf.shape(label)
       inputs, label = transforms.pad_to(inputs, label, tf.unstack(bucket_shape))
-      return {"inputs": inputs, "label": label, "batch_mask": tf.constant(1.0), "image_size": image_size}
+      # The annotation at its original size, for mmseg's scoring (raw values: 0 = ignore, also the padding).
+      orig_label = raw_label[:canvas[0], :canvas[1], 0]
+      orig_size = tf.shape(orig_label)
+      orig_label = tf.pad(orig_label, [[0, canvas[0] - orig_size[0]], [0, canvas[1] - orig_size[1]]])
+      return {"inputs": inputs, "label": label, "batch_mask": tf.constant(1.0), "image_size": image_size,
+              "orig_label": orig_label, "orig_size": orig_size}
     return fn
 
-  def filler(bucket_shape):
+  def filler(bucket):
+    bucket_shape = buckets[bucket]
     return {"inputs": tf.zeros(tf.concat([bucket_shape, [3]], 0), tf.float32),
             "label": tf.fill(bucket_shape, transforms.IGNORE_LABEL),
-            "batch_mask": tf.constant(0.0), "image_size": tf.zeros([2], tf.int32)}
+            "batch_mask": tf.constant(0.0), "image_size": tf.zeros([2], tf.int32),
+            "orig_label": tf.zeros(canvases[bucket], tf.uint8), "orig_size": tf.zeros([2], tf.int32)}
 
   def batch_window(bucket, window):
     # ``window`` is up to one global batch of this bucket, identical on every process.
-    bucket_shape = buckets[bucket]
     mine = window.skip(process_index * batch_size).take(batch_size)
-    mine = mine.map(preprocess(bucket_shape), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    fillers = tf.data.Dataset.from_tensors(filler(bucket_shape)).repeat(batch_size)
+    mine = mine.map(preprocess(bucket), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    fillers = tf.data.Dataset.from_tensors(filler(bucket)).repeat(batch_size)
     return mine.concatenate(fillers).take(batch_size).batch(batch_size)
 
   ds = records.map(assign_bucket).group_by_window(

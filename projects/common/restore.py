@@ -1,0 +1,269 @@
+"""A whole task model and its variables from a checkpoint: ``restore_model(config_or_path, checkpoint)``.
+
+``checkpoint`` is one of
+* a training workdir (its latest orbax checkpoint, ``<workdir>/checkpoints/<step>``; the config defaults to
+  the run's ``<workdir>/config.json``), or one step folder of it;
+* a converted whole-model file (``projects.common.model_io.save_model_file``: job config + variables);
+* an official mmseg/mmdet checkpoint (``.pth`` / ``.npz``), converted on the fly with the given config
+  (``projects.common.model_io.convert_official_checkpoint``).
+
+The task (segmentation or detection) follows from ``config.model`` (``decode_head`` or ``bbox_head``); the
+dataset facts the model needs (``num_classes``, ``class_names``, COCO ``category_ids``) come from
+``config.dataset_meta`` (model files store it), else from the checkpoint's classifier shape and the
+dataset's defaults.
+"""
+
+import json
+import os
+import pathlib
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import flax
+import jax
+import ml_collections
+import numpy as np
+
+from projects.common import config_utils
+from projects.common import model_io
+from projects.common.base_model import BaseModel
+
+ConfigOrPath = Union[None, str, os.PathLike, ml_collections.ConfigDict]
+OFFICIAL_SUFFIXES = (".pth", ".pt", ".npz")
+META_KEYS = ("num_classes", "class_names", "category_ids")
+
+
+def load_job_config(config_or_path: ConfigOrPath) -> ml_collections.ConfigDict:
+  """A job config from a ``ConfigDict``, a config file (``.py`` with ``get_config()``) or a run's ``config.json``."""
+  if isinstance(config_or_path, ml_collections.ConfigDict):
+    return config_or_path
+  if config_or_path is None:
+    raise ValueError("no config given: pass --config CONFIG.py (or a training workdir as the checkpoint)")
+  path = pathlib.Path(config_or_path)
+  if path.is_dir() and (path / "config.json").is_file():
+    path = path / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"config {path} does not exist (expected a configs/*.py file or a run's config.json)")
+  if path.suffix == ".json":
+    try:
+      return ml_collections.ConfigDict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+      raise ValueError(f"config {path} is not valid JSON: {e}") from None
+  return config_utils.load_config(str(path))
+
+
+def task_of(config: ml_collections.ConfigDict) -> str:
+  """``"segmentation"`` (``config.model.decode_head``) or ``"detection"`` (``config.model.bbox_head``)."""
+  kind = model_io.model_kind(config)
+  return "detection" if kind == "retinanet" else kind
+
+
+def model_class(task: str) -> type:
+  """The ``BaseModel`` class of ``task``."""
+  if task == "segmentation":
+    from projects.segmentation.model import SegmentationModel  # pylint: disable=g-import-not-at-top
+    return SegmentationModel
+  if task == "detection":
+    from projects.detection.model import RetinaNetModel  # pylint: disable=g-import-not-at-top
+    return RetinaNetModel
+  raise ValueError(f"unknown task {task!r}")
+
+
+def workdir_checkpoint(path: Union[str, os.PathLike]) -> Optional[Tuple[pathlib.Path, Optional[pathlib.Path]]]:
+  """``(step folder, run config.json or None)`` when ``path`` is a training workdir, its ``checkpoints``
+  folder or one step of it; ``None`` when it is none of these. The newest complete step is taken."""
+  path = pathlib.Path(path)
+  if not path.is_dir():
+    return None
+  if path.name.isdigit() and path.parent.name == "checkpoints":  # one step folder
+    return path, _config_json(path.parent.parent)
+  folder, workdir = (path, path.parent) if path.name == "checkpoints" else (path / "checkpoints", path)
+  if not folder.is_dir():
+    return None
+  steps = sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+  if not steps:
+    raise FileNotFoundError(f"{folder} holds no complete checkpoint step yet (train first, or wait for the "
+                            "first checkpoint_steps)")
+  return folder / str(steps[-1]), _config_json(workdir)
+
+
+def _config_json(workdir: pathlib.Path) -> Optional[pathlib.Path]:
+  path = workdir / "config.json"
+  return path if path.is_file() else None
+
+
+def _flat(tree: Any) -> Dict[str, Any]:
+  return {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()}
+
+
+def read_orbax_variables(step_dir: pathlib.Path) -> Dict[str, Any]:
+  """``{"params": ..., **model_state}`` (numpy) of a trainer checkpoint step (``TrainState`` saved by orbax)."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  item = step_dir / "default" if (step_dir / "default").is_dir() else step_dir
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      state = checkpointer.restore(item.resolve())
+  except Exception as e:  # orbax raises several types for a foreign folder
+    raise ValueError(f"{step_dir} is not a readable trainer checkpoint ({type(e).__name__}: {e})") from None
+  if not isinstance(state, Mapping) or "params" not in state:
+    raise ValueError(f"{step_dir} holds no 'params': not a checkpoint of projects.common.trainer")
+  variables = {"params": state["params"], **dict(state.get("model_state") or {})}
+  return jax.tree.map(np.asarray, variables)
+
+
+def infer_num_classes(task: str, params: Mapping[str, Any], config: ml_collections.ConfigDict) -> int:
+  """The class count of a checkpoint, read off its classifier (``conv_seg`` / ``retina_cls``)."""
+  flat = _flat(params)
+  if task == "segmentation":
+    kernels = [v for k, v in flat.items() if k.startswith("decode_head/") and k.endswith("conv_seg/kernel")]
+    if kernels:
+      return int(np.shape(kernels[0])[-1])
+  else:
+    kernels = [v for k, v in flat.items() if k.endswith("retina_cls/kernel")]
+    if kernels:
+      a = config.model.anchor
+      num_anchors = len(a.ratios) * int(a.scales_per_octave)
+      return int(np.shape(kernels[0])[-1]) // num_anchors
+  raise ValueError(f"cannot find the classifier of the {task} checkpoint (params: {sorted(flat)[:5]} ...)")
+
+
+def default_meta_data(task: str, config: ml_collections.ConfigDict, num_classes: int) -> Dict[str, Any]:
+  """``num_classes``, ``class_names`` (and COCO ``category_ids``) when only the class count is known.
+
+  Segmentation with 150 classes gets ADE20K's names; detection first asks the prepared dataset of
+  ``config.dataset`` (when it is on disk), then COCO's 80 classes, else names are ``class_<i>`` and category
+  ids ``1..C``.
+  """
+  meta: Dict[str, Any] = {"num_classes": num_classes}
+  if task == "segmentation":
+    from projects.segmentation.data import ade20k_classes  # pylint: disable=g-import-not-at-top
+    meta["class_names"] = (list(ade20k_classes.CLASS_NAMES) if num_classes == ade20k_classes.NUM_CLASSES
+                           else [f"class_{i}" for i in range(num_classes)])
+    return meta
+  from projects.detection.data import coco_classes  # pylint: disable=g-import-not-at-top
+  dataset_meta = _detection_dataset_meta(config)
+  if dataset_meta and int(dataset_meta["num_classes"]) == num_classes:
+    meta.update({k: list(dataset_meta[k]) for k in ("class_names", "category_ids")})
+  elif num_classes == len(coco_classes.CLASS_NAMES):
+    meta.update(class_names=list(coco_classes.CLASS_NAMES), category_ids=list(coco_classes.CATEGORY_IDS))
+  else:
+    meta["class_names"] = [f"class_{i}" for i in range(num_classes)]
+    meta["category_ids"] = list(range(1, num_classes + 1))
+  return meta
+
+
+def _detection_dataset_meta(config: ml_collections.ConfigDict) -> Optional[Mapping[str, Any]]:
+  dataset = config.get("dataset")
+  if not dataset or not dataset.get("data_dir"):
+    return None
+  try:
+    from projects.detection.data import coco_source  # pylint: disable=g-import-not-at-top
+    from projects.detection.data import input_pipeline  # pylint: disable=g-import-not-at-top
+    options = input_pipeline.default_dataset_config()
+    options.update(dataset.to_dict())
+    builder = coco_source.make_builder(options)
+    if not builder.is_prepared():
+      return None
+    return coco_source.dataset_meta_data(builder, options, options.eval_split)
+  except Exception:  # pylint: disable=broad-except  (names are a nicety; a missing dataset is fine)
+    return None
+
+
+def config_meta_data(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """The dataset facts a config carries in ``config.dataset_meta`` (``num_classes``, ``class_names``,
+  ``category_ids``; model files written by ``model_io.save_model_file`` always do)."""
+  meta = config.get("dataset_meta") or {}
+  return {k: (int(meta[k]) if k == "num_classes" else list(meta[k])) for k in META_KEYS if meta.get(k) is not None}
+
+
+def build_model(config: ml_collections.ConfigDict, meta_data: Mapping[str, Any]) -> BaseModel:
+  """The task model of ``config`` for ``meta_data``, with inference-time settings (no pretrained load,
+  no stochastic depth)."""
+  config = ml_collections.ConfigDict(config)
+  with config.unlocked():
+    if config.model.get("backbone") is not None:
+      config.model.backbone.checkpoint = None
+      config.model.backbone.drop_path_rate = 0.0
+  return model_class(task_of(config))(config, dict(meta_data))
+
+
+def check_variables(model: BaseModel, variables: Mapping[str, Any], source: str) -> Dict[str, Any]:
+  """``variables`` cast to the model's dtypes after checking every path and shape against the model.
+
+  Raises ``ValueError`` naming the missing / unexpected / mismatched paths and ``source``.
+  """
+  expected, given = _flat(model_io.variable_shapes(model)), _flat(variables)
+  missing = sorted(set(expected) - set(given))
+  unexpected = sorted(set(given) - set(expected))
+  mismatched = sorted(f"{k} {tuple(np.shape(given[k]))} vs model {tuple(expected[k].shape)}"
+                      for k in set(expected) & set(given) if tuple(np.shape(given[k])) != tuple(expected[k].shape))
+  if missing or unexpected or mismatched:
+    def show(items):
+      return ", ".join(items[:6]) + (f" ... (+{len(items) - 6})" if len(items) > 6 else "")
+    problems = [f"{len(v)} {name} [{show(v)}]" for name, v in
+                (("shape mismatches", mismatched), ("missing", missing), ("unexpected", unexpected)) if v]
+    raise ValueError(f"the checkpoint {source} does not fit the model of the config (another model, size or "
+                     f"class count? pass the config it was trained with): " + "; ".join(problems))
+  cast = {k: np.asarray(v, dtype=expected[k].dtype) for k, v in given.items()}
+  return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in cast.items()})
+
+
+def restore_model(config_or_path: ConfigOrPath, checkpoint: Union[str, os.PathLike],
+                  meta_data: Optional[Mapping[str, Any]] = None) -> Tuple[BaseModel, Dict[str, Any]]:
+  """``(task model, variables)`` for inference; see the module docstring for what ``checkpoint`` may be.
+
+  Args:
+    config_or_path: the job config (or its ``.py`` / ``config.json`` path); None to use the one stored with
+      the checkpoint (a workdir's ``config.json``, a converted file's config).
+    checkpoint: a training workdir (or step folder), a converted model file or an official ``.pth``/``.npz``.
+    meta_data: overrides ``num_classes`` / ``class_names`` / ``category_ids``.
+
+  Raises:
+    FileNotFoundError: ``checkpoint`` does not exist.
+    ValueError: it does not fit the config (the message names the paths), or cannot be read.
+  """
+  source = pathlib.Path(checkpoint)
+  if not source.exists():
+    raise FileNotFoundError(f"checkpoint {source} does not exist (give a training workdir, a converted model "
+                            "file or an official .pth/.npz)")
+  found = workdir_checkpoint(source)
+  if found is not None:
+    step_dir, stored_config = found
+    if config_or_path is None and stored_config is None:
+      raise ValueError(f"{source} has no config.json beside its checkpoints; pass --config")
+    config = load_job_config(config_or_path if config_or_path is not None else stored_config)
+    variables = read_orbax_variables(step_dir)
+    source_name = str(step_dir)
+  elif source.is_dir():
+    raise ValueError(f"{source} is a folder without trainer checkpoints (expected <workdir>/checkpoints/<step>)")
+  elif source.suffix.lower() in OFFICIAL_SUFFIXES:
+    if config_or_path is None:
+      raise ValueError(f"official checkpoint {source} needs the config of its model: pass --config")
+    config = load_job_config(config_or_path)
+    variables = model_io.convert_official_checkpoint(str(source), config)
+    source_name = str(source)
+  else:
+    stored, variables = model_io.load_model_file(str(source))
+    stored = ml_collections.ConfigDict(stored)
+    config = stored if config_or_path is None else load_job_config(config_or_path)
+    if config_or_path is not None:  # the file's dataset facts still apply
+      meta_data = {**config_meta_data(stored), **dict(meta_data or {})}
+    source_name = str(source)
+  task = task_of(config)
+  meta = config_meta_data(config)
+  meta.update(dict(meta_data or {}))
+  if "num_classes" not in meta:
+    meta["num_classes"] = infer_num_classes(task, variables["params"], config)
+  for key, value in default_meta_data(task, config, int(meta["num_classes"])).items():
+    meta.setdefault(key, value)
+  model = build_model(config, meta)
+  return model, check_variables(model, variables, source_name)
+
+
+@flax.struct.dataclass
+class InferenceState:
+  """The part of a ``TrainState`` that evaluation uses (``variables()``), for restored models; a pytree, so
+  it can be passed to jitted eval steps: ``InferenceState(tree=variables)``."""
+  tree: Dict[str, Any]
+
+  def variables(self) -> Dict[str, Any]:
+    return dict(self.tree)
