@@ -26,14 +26,16 @@ def create_model(name: str, *, features_only: bool = True,
   """Creates a named CrossFormer variant.
 
   Args:
-    name: one of :func:`list_models` (``crossformer_t/s/b/l``).
+    name: one of :func:`list_models`: ``crossformer_t/s/b/l`` (CrossFormer) or ``crossformerpp_s/b/l/h``
+      (CrossFormer++: the released classifiers' PGS group sizes, intervals and ACL, ``lda_mode="main"``).
     features_only: the dense backbone returning ``{'stage_i': map}`` (else the classifier).
     out_indices: which stages (0..3) the backbone returns.
     checkpoint: a converted ``.msgpack`` (see ``backbones.convert_checkpoint``) or an official
       ``.pth``/``.npz`` state_dict; when given, ``(module, variables)`` is returned.
     num_classes: classes of the classifier (``features_only=False``).
     **overrides: backbone arguments replacing the variant's (``embed_dim`` sets all four widths),
-      e.g. ``drop_path_rate``, ``lda_mode``, ``dtype``, ``remat``, ``group_sizes``, ``intervals``.
+      e.g. ``drop_path_rate``, ``lda_mode``, ``dtype``, ``remat``, ``group_sizes``, ``intervals``,
+      ``group_type``, ``img_size``, ``use_acl``, ``mlp_ratio``.
 
   Returns:
     The Flax module, or ``(module, variables)`` when ``checkpoint`` is given.
