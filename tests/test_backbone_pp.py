@@ -177,3 +177,17 @@ def test_official_pp_options():
     convert.module_from_official({"use_acl": True}, classifier=False, lda_mode="v1")
   with pytest.raises(ValueError, match="set lda_mode='main'"):
     create_model("crossformerpp_s", lda_mode="v1")
+
+
+@pytest.mark.parametrize("name", ["upernet_crossformerpp_s_ade20k", "fpn_crossformerpp_s_ade20k",
+                                  "retinanet_crossformerpp_s_coco"])
+def test_pp_task_configs_use_the_official_dense_settings(name):
+  """The official ++ dense configs: ++-S widths, ACL, G (7, 7, 7, 7), I (8, 4, 2, 1), main LDA."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  cfg = importlib.import_module(f"configs.{name}").get_config().model.backbone
+  backbone = create_model(cfg.name, drop_path_rate=cfg.drop_path_rate, lda_mode=cfg.lda_mode,
+                          **cfg.overrides.to_dict())
+  assert backbone.feature_info.channels() == [64, 128, 256, 512]
+  assert backbone.use_acl and backbone.lda_mode == "main" and backbone.drop_path_rate == 0.2
+  assert (backbone.group_sizes, backbone.intervals) == PP_DENSE_GROUPS
+  assert not backbone.adaptive_interval
