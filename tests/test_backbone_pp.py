@@ -85,19 +85,16 @@ def test_adaptive_interval_and_centred_padding():
 
 
 def test_block_options_change_only_padded_maps():
-  """``no_mask`` and ``pad_type`` only matter where a map is padded; the ACL replaces the tokens."""
+  """``no_mask`` and ``pad_type`` only matter where a map is padded (ACL numerics: the parity tests)."""
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 10, 14, 32))  # G 4: padded to 12 x 16
   block = CrossFormerBlock(num_heads=1, group_size=4, interval=1, long_distance=False, lda_mode="main")
   variables = block.init(jax.random.PRNGKey(1), x)
-  base, base_unpadded = block.apply(variables, x), block.apply(variables, x[:, :8, :12])
+  base = block.apply(variables, x)
   for option in (dict(no_mask=True), dict(pad_type=1)):
-    variant = block.clone(**option)
-    assert float(jnp.abs(variant.apply(variables, x) - base).max()) > 1e-3, option
-    np.testing.assert_array_equal(variant.apply(variables, x[:, :8, :12]), base_unpadded)
-  acl = block.clone(use_acl=True)
-  acl_vars = acl.init(jax.random.PRNGKey(1), x)
-  assert acl_vars["params"]["ex_conv"]["kernel"].shape == (3, 3, 1, 32)
-  np.testing.assert_allclose(acl.apply(acl_vars, x).mean(-1), 0.0, atol=1e-5)  # LN(scale 1, bias 0) last
+    assert float(jnp.abs(block.clone(**option).apply(variables, x) - base).max()) > 1e-3, option
+  unpadded = x[:, :8, :12]
+  np.testing.assert_array_equal(block.clone(no_mask=True).apply(variables, unpadded),
+                                block.apply(variables, unpadded))
 
 
 @pytest.mark.parametrize("variant", sorted(PP_COUNTS))
