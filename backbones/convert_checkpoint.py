@@ -6,9 +6,14 @@
     python -m backbones.convert_checkpoint --input crossformer-s.pth --variant crossformer_s \
         --format scenic --output crossformer_s_scenic/
 
-``--variant`` names the architecture; ``--official_kwargs`` takes the official constructor's
-arguments as JSON instead (as in the parity fixtures). Classification checkpoints keep their head
-unless ``--model backbone``; mmdet/mmseg checkpoints give their backbone.
+``--variant`` names the architecture (``crossformerpp_s`` ... for CrossFormer++); ``--official_kwargs``
+takes the official constructor's arguments as JSON instead (as in the parity fixtures), CrossFormer++
+options included (``group_type``, ``use_acl``, a per-stage ``mlp_ratio`` list, ``img_size``, ...).
+Classification checkpoints keep their head unless ``--model backbone``; mmdet/mmseg checkpoints give
+their backbone.
+
+    python -m backbones.convert_checkpoint --input crossformer-pp-s.pth --variant crossformerpp_s \
+        --output crossformerpp_s.msgpack
 """
 
 import argparse
@@ -43,7 +48,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   arch.add_argument("--variant", choices=list_models())
   arch.add_argument("--official_kwargs", help="JSON of the official constructor's arguments")
   parser.add_argument("--model", default="auto", choices=("auto", "backbone", "classifier"))
-  parser.add_argument("--lda_mode", default="v1", choices=("v1", "main"))
+  parser.add_argument("--lda_mode", default=None, choices=("v1", "main"),
+                      help="default: the variant's (v1 for crossformer_*, main for crossformerpp_*), or "
+                      "main when --official_kwargs hold CrossFormer++ options")
   return parser.parse_args(argv)
 
 
@@ -57,8 +64,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
   else:
     classifier = args.model == "classifier" or (args.model == "auto" and "head.weight" in state_dict)
     num_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else 1000
-    module = create_model(args.variant, features_only=not classifier, num_classes=num_classes,
-                          lda_mode=args.lda_mode)
+    options = {"lda_mode": args.lda_mode} if args.lda_mode else {}
+    module = create_model(args.variant, features_only=not classifier, num_classes=num_classes, **options)
     variables = convert.convert_state_dict(state_dict, module)
   if args.format == "scenic":
     params = variables["params"]

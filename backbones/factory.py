@@ -30,7 +30,8 @@ def create_model(model_name: str, *, features_only: bool = True,
   ``init_from_pretrain_state`` and our trainer load pretrained weights).
 
   Args:
-    model_name: one of :func:`list_models` (``crossformer_t/s/b/l``).
+    model_name: one of :func:`list_models`: ``crossformer_t/s/b/l`` (CrossFormer) or ``crossformerpp_s/b/l/h``
+      (CrossFormer++: the released classifiers' PGS group sizes, intervals and ACL, ``lda_mode="main"``).
     features_only: the dense backbone returning ``{'stage_i': map}`` (else the classifier).
     out_indices: which stages (0..3) the backbone returns.
     checkpoint: a converted ``.msgpack`` (see ``backbones.convert_checkpoint``) or an official
@@ -38,7 +39,8 @@ def create_model(model_name: str, *, features_only: bool = True,
     num_classes: classes of the classifier (``features_only=False``).
     name: the Flax module name (``None``: Flax's automatic name, e.g. ``CrossFormerBackbone_0``).
     **overrides: backbone arguments replacing the variant's (``embed_dim`` sets all four widths),
-      e.g. ``drop_path_rate``, ``lda_mode``, ``dtype``, ``remat``, ``group_sizes``, ``intervals``.
+      e.g. ``drop_path_rate``, ``lda_mode``, ``dtype``, ``remat``, ``group_sizes``, ``intervals``,
+      ``group_type``, ``img_size``, ``use_acl``, ``mlp_ratio``.
 
   Returns:
     The Flax module, or ``(module, variables)`` when ``checkpoint`` is given.

@@ -77,10 +77,12 @@ def test_missing_unexpected_and_misshaped_keys_are_reported(official_fixtures_di
 
 
 def test_unsupported_official_options_are_refused():
-  with pytest.raises(ValueError, match="use_acl"):
-    convert.module_from_official({"use_acl": True}, classifier=False)
-  with pytest.raises(ValueError, match="unknown official CrossFormer arguments: \\['use_cpe'\\]"):
+  with pytest.raises(ValueError, match="ape=True"):
+    convert.module_from_official({"ape": True}, classifier=False)
+  with pytest.raises(ValueError, match="use_cpe=True is not supported"):
     convert.module_from_official({"use_cpe": True}, classifier=False)
+  with pytest.raises(ValueError, match="unknown official CrossFormer arguments: \\['window'\\]"):
+    convert.module_from_official({"window": 7}, classifier=False)
 
 
 def test_classifier_interval_is_implicit_from_img_size():

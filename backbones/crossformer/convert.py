@@ -2,12 +2,14 @@
 
 Accepts a flat mapping of official ``state_dict`` keys to arrays from a classification checkpoint
 (optionally wrapped as ``{'model': ...}``, with ``head.*``, ``norm.*`` and the DPB buffers), a dense
-backbone checkpoint, or an mmdet/mmseg checkpoint (``{'state_dict': ...}``, keys ``backbone.*``).
+backbone checkpoint, or an mmdet/mmseg checkpoint (``{'state_dict': ...}``, keys ``backbone.*``), of
+CrossFormer (branch ``crossformer``) or CrossFormer++ (branch ``main``: ``group_type``, ``use_acl``,
+per-stage ``mlp_ratio``, no DPB buffers).
 """
 
 import logging
 import re
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax
 import flax.linen as nn
@@ -17,10 +19,19 @@ import numpy as np
 
 from backbones.crossformer.model import CrossFormer, CrossFormerBackbone
 
-# Non-learned buffers of the v1 classifier (deterministic functions of the group size): dropped.
-_BUFFER_SUFFIXES = (".attn.biases", ".attn.relative_position_index")
+# Non-learned buffers (deterministic functions of the group size and map size): dropped.
+_BUFFER_SUFFIXES = (".attn.biases", ".attn.relative_position_index", ".attn_mask")
 # Official constructor arguments without effect on the computation.
 _IGNORED_KWARGS = ("use_checkpoint", "init_cfg")
+# Options of the main-branch (CrossFormer++) code only, with their defaults: set, they imply lda_mode "main".
+_MAIN_ONLY_DEFAULTS = dict(use_acl=False, group_type="constant", pad_type=0, no_mask=False,
+                           adaptive_interval=False)
+# Options the official dense backbone accepts but ignores (only the classifier uses them).
+_CLASSIFIER_ONLY = ("pad_type", "no_mask")
+_CPE_REFUSAL = ("official option use_cpe=True is not supported: the official CPE is broken (its depthwise "
+                "conv is built with the stage's map height as its channel count and applied to the "
+                "(B, H, W, C) map, so it convolves over (W, C) and runs at one input size only); no "
+                "released model uses it")
 _MODULE_RULES = (
     (re.compile(r"^layers\.(\d+)\.blocks\.(\d+)"), r"layers_\1_blocks_\2"),
     (re.compile(r"^layers\.(\d+)\.downsample"), r"layers_\1_downsample"),
@@ -53,38 +64,73 @@ def _to_numpy(value: Any) -> np.ndarray:
   return np.asarray(value)
 
 
+def official_lda_mode(official_kwargs: Mapping[str, Any]) -> str:
+  """``"main"`` when the kwargs can only be the main-branch (CrossFormer++) code's, else ``"v1"``.
+
+  Main-only: a CrossFormer++ option away from its default, or a per-stage ``mlp_ratio`` list (the
+  main-branch classifier requires one). Everything else is taken as the v1 code of the released
+  CrossFormer checkpoints.
+  """
+  main_only = any(official_kwargs.get(k, default) != default for k, default in _MAIN_ONLY_DEFAULTS.items())
+  return "main" if main_only or isinstance(official_kwargs.get("mlp_ratio"), (list, tuple)) else "v1"
+
+
+def _mlp_ratio(value: Any) -> Any:
+  return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else float(value)
+
+
+def _group_sizes(value: Any, num_stages: int) -> Any:
+  if isinstance(value, (int, np.integer)):
+    return (int(value),) * num_stages
+  return tuple(tuple(int(v) for v in g) if isinstance(g, (list, tuple)) else int(g) for g in value)
+
+
 def module_from_official(official_kwargs: Mapping[str, Any], classifier: bool,
-                         lda_mode: str = "v1") -> nn.Module:
+                         lda_mode: Optional[str] = None) -> nn.Module:
   """The Flax module equivalent to the official constructor called with ``official_kwargs``.
 
-  The classifier (``models/crossformer.py``) has no ``crs_interval``: its LDA interval is implicit,
-  ``(img_size / 4 / 2**i) / group_size``, which is what is used when ``crs_interval`` is absent.
+  The v1 classifier (``models/crossformer.py`` of branch ``crossformer``) has no ``crs_interval``: its
+  LDA interval is implicit, ``(img_size / 4 / 2**i) / group_size``, which is what is used when
+  ``crs_interval`` is absent. ``lda_mode`` None picks it from the kwargs (:func:`official_lda_mode`).
+  ``pad_type`` and ``no_mask`` are ignored for the dense backbone, as the official dense code does;
+  ``use_cpe=True`` and ``ape=True`` are refused.
   """
   kw = dict(official_kwargs)
+  lda_mode = official_lda_mode(kw) if lda_mode is None else lda_mode
   for name in _IGNORED_KWARGS:
     kw.pop(name, None)
-  for name, allowed in (("ape", False), ("use_acl", False)):
-    if kw.pop(name, allowed) != allowed:
-      raise ValueError(f"official option {name}={not allowed} (CrossFormer++ / absolute position "
-                       "embedding) is not supported by this port")
+  if kw.pop("ape", False):
+    raise ValueError("official option ape=True (absolute position embedding) is not supported by this "
+                     "port; no released model uses it")
+  if kw.pop("use_cpe", False):
+    raise ValueError(_CPE_REFUSAL)
+  if not classifier:
+    ignored = {k: kw.pop(k) for k in _CLASSIFIER_ONLY if k in kw}
+    if any(ignored.values()):
+      logging.info("the official dense backbone ignores %s: ignored here too", ignored)
   embed_dim = int(kw.pop("embed_dim", 96))
   depths = tuple(kw.pop("depths", (2, 2, 6, 2)))
   dims = tuple(embed_dim * 2 ** i for i in range(len(depths)))
-  group_sizes = tuple(kw.pop("group_size", (7,) * len(depths)))
+  group_sizes = _group_sizes(kw.pop("group_size", (7,) * len(depths)), len(depths))
   img_size = kw.pop("img_size", 224)
-  img_side = img_size[0] if isinstance(img_size, (list, tuple)) else img_size
+  img_size = tuple(int(v) for v in img_size) if isinstance(img_size, (list, tuple)) else int(img_size)
+  img_side = img_size[0] if isinstance(img_size, tuple) else img_size
   intervals = kw.pop("crs_interval", None)
   if intervals is None:
+    if any(isinstance(g, tuple) for g in group_sizes):
+      raise ValueError("per-block group_size lists need crs_interval")
     intervals = tuple(max(1, (img_side // 4 // 2 ** i) // g) for i, g in enumerate(group_sizes))
   num_classes = int(kw.pop("num_classes", 1000))
   config = dict(
       depths=depths, num_heads=tuple(kw.pop("num_heads", (3, 6, 12, 24))),
       patch_sizes=tuple(kw.pop("patch_size", (4, 8, 16, 32))),
       merge_sizes=tuple(tuple(m) for m in kw.pop("merge_size", ((2, 4),) * 3)),
-      mlp_ratio=float(kw.pop("mlp_ratio", 4.0)), qkv_bias=bool(kw.pop("qkv_bias", True)),
+      mlp_ratio=_mlp_ratio(kw.pop("mlp_ratio", 4.0)), qkv_bias=bool(kw.pop("qkv_bias", True)),
       qk_scale=kw.pop("qk_scale", None), patch_norm=bool(kw.pop("patch_norm", True)),
-      drop_rate=float(kw.pop("drop_rate", 0.0)), drop_path_rate=float(kw.pop("drop_path_rate", 0.0)),
-      in_chans=int(kw.pop("in_chans", 3)), lda_mode=lda_mode)
+      drop_rate=float(kw.pop("drop_rate", 0.0)), attn_drop_rate=float(kw.pop("attn_drop_rate", 0.0)),
+      drop_path_rate=float(kw.pop("drop_path_rate", 0.0)), in_chans=int(kw.pop("in_chans", 3)),
+      lda_mode=lda_mode, img_size=img_size,
+      **{k: type(default)(kw.pop(k)) for k, default in _MAIN_ONLY_DEFAULTS.items() if k in kw})
   if kw:
     raise ValueError(f"unknown official CrossFormer arguments: {sorted(kw)}")
   if classifier:
@@ -170,7 +216,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], module: nn.Module,
   return {"params": flax.traverse_util.unflatten_dict(params)}
 
 
-def from_official(state_dict: Mapping[str, Any], *, model: str = "auto", lda_mode: str = "v1",
+def from_official(state_dict: Mapping[str, Any], *, model: str = "auto", lda_mode: Optional[str] = None,
                   strict: bool = True, **official_kwargs) -> Tuple[nn.Module, Dict[str, Any]]:
   """Builds the Flax module and its variables from an official CrossFormer state_dict.
 
@@ -179,9 +225,14 @@ def from_official(state_dict: Mapping[str, Any], *, model: str = "auto", lda_mod
       ``backbone.`` prefix are accepted.
     model: ``"backbone"`` (the dense :class:`CrossFormerBackbone`), ``"classifier"`` (:class:`CrossFormer`)
       or ``"auto"`` (classifier when the checkpoint has ``head.weight``).
-    lda_mode: ``"v1"`` for the released checkpoints, ``"main"`` for the CrossFormer++ code's semantics.
+    lda_mode: ``"v1"`` for the released CrossFormer checkpoints, ``"main"`` for the main-branch code's
+      semantics (CrossFormer++); None: ``"main"`` when ``official_kwargs`` hold a CrossFormer++ option
+      (``use_acl``, ``group_type``, ... or a per-stage ``mlp_ratio`` list), else ``"v1"``.
     strict: raise on missing, unexpected or mis-shaped keys (otherwise only log them).
-    **official_kwargs: the official constructor's keyword arguments (``embed_dim``, ``depths``, ...).
+    **official_kwargs: the official constructor's keyword arguments (``embed_dim``, ``depths``, ...;
+      CrossFormer++: ``group_size``, ``crs_interval``, ``group_type``, ``use_acl``, ``mlp_ratio`` list,
+      ``img_size`` (the design resolution of the non-constant group types), ``adaptive_interval``,
+      and for the classifier ``pad_type`` and ``no_mask``).
 
   Returns:
     ``(module, {'params': params})``.

@@ -6,12 +6,17 @@ history; here the decision is recomputed from the actual map size on every call.
 """
 
 import dataclasses
-from typing import Optional, Tuple
+import math
+from typing import Optional, Sequence, Tuple, Union
 
 import jax.numpy as jnp
 import numpy as np
 
 LDA_MODES = ("v1", "main")
+# CrossFormer++ progressive group size (PGS) schedules of the official ``compute_group_size``.
+GROUP_TYPES = ("constant", "linear", "linear_div", "alter", "7_14")
+# Official padding placement (classifier ``pad_type``): 0 bottom/right, 1 centred.
+PAD_TYPES = (0, 1)
 # The official code adds this finite value to the scores of padded keys (not -inf).
 MASK_VALUE = -1e6
 
@@ -23,6 +28,7 @@ class GroupPlan:
   A padded map of ``padded_hw`` is split into ``regions`` of ``group_hw * interval`` tokens per side;
   inside a region, token ``(a * interval + i, b * interval + j)`` goes to group ``(i, j)`` at slot
   ``(a, b)``. SDA is ``interval == 1``; v1 LDA is one region per side; main LDA has G x G groups.
+  The map sits at ``(pad_top, pad_left)`` inside the padded map (0, 0 unless ``pad_type`` 1).
   """
   long_distance: bool
   group_hw: Tuple[int, int]
@@ -30,6 +36,8 @@ class GroupPlan:
   regions: Tuple[int, int]
   height: int
   width: int
+  pad_top: int = 0
+  pad_left: int = 0
 
   @property
   def padded_hw(self) -> Tuple[int, int]:
@@ -38,6 +46,13 @@ class GroupPlan:
   @property
   def needs_mask(self) -> bool:
     return self.padded_hw != (self.height, self.width)
+
+  @property
+  def pad_widths(self) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """``((top, bottom), (left, right))`` zero padding around the map."""
+    hp, wp = self.padded_hw
+    return ((self.pad_top, hp - self.height - self.pad_top),
+            (self.pad_left, wp - self.width - self.pad_left))
 
   @property
   def group_tokens(self) -> int:
@@ -53,7 +68,8 @@ def _ceil_to(n: int, m: int) -> int:
 
 
 def plan_groups(height: int, width: int, group_size: int, interval: int, long_distance: bool,
-                lda_mode: str = "v1") -> GroupPlan:
+                lda_mode: str = "v1", adaptive_interval: bool = False,
+                pad_type: int = 0) -> GroupPlan:
   """The grouping the official block uses for a ``height x width`` map.
 
   Args:
@@ -63,9 +79,16 @@ def plan_groups(height: int, width: int, group_size: int, interval: int, long_di
     long_distance: whether the block is an LDA block (odd block index in a stage).
     lda_mode: ``"v1"`` (paper / released checkpoints: fixed interval, group of ``Hp/I x Wp/I``) or
       ``"main"`` (CrossFormer++ code: fixed G x G groups in regions of ``G*I``).
+    adaptive_interval: main only: ``I = ceil(max(H, W) / G)`` instead of ``interval``.
+    pad_type: main only: 0 pads at the bottom/right, 1 splits the padding around the map (the
+      official classifier's centred padding, top/left getting the smaller half).
   """
   if lda_mode not in LDA_MODES:
     raise ValueError(f"lda_mode must be one of {LDA_MODES}, got {lda_mode!r}")
+  if pad_type not in PAD_TYPES:
+    raise ValueError(f"pad_type must be one of {PAD_TYPES}, got {pad_type!r}")
+  if lda_mode == "v1" and (adaptive_interval or pad_type):
+    raise ValueError("adaptive_interval and pad_type exist only with lda_mode='main' (CrossFormer++ code)")
   if min(height, width) <= group_size:
     # Small-map fallback: every block becomes SDA over (almost) the whole map.
     long_distance = False
@@ -73,14 +96,21 @@ def plan_groups(height: int, width: int, group_size: int, interval: int, long_di
     group_size = min(height, width) if lda_mode == "v1" else max(height, width)
   if not long_distance:
     hp, wp = _ceil_to(height, group_size), _ceil_to(width, group_size)
-    return GroupPlan(False, (group_size, group_size), 1, (hp // group_size, wp // group_size),
+    plan = GroupPlan(False, (group_size, group_size), 1, (hp // group_size, wp // group_size),
                      height, width)
-  if lda_mode == "v1":
+  elif lda_mode == "v1":
     hp, wp = _ceil_to(height, interval), _ceil_to(width, interval)
     return GroupPlan(True, (hp // interval, wp // interval), interval, (1, 1), height, width)
-  span = group_size * interval
-  hp, wp = _ceil_to(height, span), _ceil_to(width, span)
-  return GroupPlan(True, (group_size, group_size), interval, (hp // span, wp // span), height, width)
+  else:
+    if adaptive_interval:
+      interval = math.ceil(max(height, width) / group_size)
+    span = group_size * interval
+    hp, wp = _ceil_to(height, span), _ceil_to(width, span)
+    plan = GroupPlan(True, (group_size, group_size), interval, (hp // span, wp // span), height, width)
+  if pad_type == 1:
+    hp, wp = plan.padded_hw
+    plan = dataclasses.replace(plan, pad_top=(hp - height) // 2, pad_left=(wp - width) // 2)
+  return plan
 
 
 def group(x: jnp.ndarray, plan: GroupPlan) -> jnp.ndarray:
@@ -106,7 +136,8 @@ def key_padding_bias(plan: GroupPlan) -> Optional[np.ndarray]:
   if not plan.needs_mask:
     return None
   hp, wp = plan.padded_hw
-  padded = ~((np.arange(hp)[:, None] < plan.height) & (np.arange(wp)[None, :] < plan.width))
+  rows, cols = np.arange(hp) - plan.pad_top, np.arange(wp) - plan.pad_left
+  padded = ~(((rows >= 0) & (rows < plan.height))[:, None] & ((cols >= 0) & (cols < plan.width))[None, :])
   grouped = np.asarray(group(padded[None, :, :, None], plan))[0, :, :, 0]
   return np.where(grouped, MASK_VALUE, 0.0).astype(np.float32)
 
@@ -124,3 +155,78 @@ def relative_offsets(group_hw: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]
   hh, ww = hh.ravel(), ww.ravel()
   index = (hh[:, None] - hh[None, :] + gh - 1) * (2 * gw - 1) + (ww[:, None] - ww[None, :] + gw - 1)
   return table, index.astype(np.int32)
+
+
+GroupSizes = Union[int, Sequence[int], Sequence[Sequence[int]]]
+
+
+def progressive_group_sizes(group_sizes: Sequence[int], depths: Sequence[int], resolution: int,
+                            group_type: str = "constant") -> Tuple[Tuple[int, ...], ...]:
+  """Per-block group sizes of CrossFormer++ (PGS), exactly as the official ``compute_group_size``.
+
+  Args:
+    group_sizes: one G per stage (used by ``constant`` and ``7_14``; ignored by the others).
+    depths: blocks per stage.
+    resolution: ``R = img_size // patch_size[0]``, the stage-1 side of the constructor's *design*
+      resolution (never the input's size): the non-constant types scale with it.
+    group_type: one of :data:`GROUP_TYPES`.
+
+  Returns:
+    One tuple of block group sizes per stage (before the per-call small-map fallback).
+  """
+  if group_type not in GROUP_TYPES:
+    raise ValueError(f"group_type must be one of {GROUP_TYPES}, got {group_type!r}")
+  total = sum(depths)
+  fraction = None
+  if group_type in ("linear", "linear_div", "alter"):
+    if resolution <= 4:
+      raise ValueError(f"group_type {group_type!r} needs img_size // patch_size[0] > 4, got {resolution}")
+    # float64 numpy arange, as the official code: block k gets fraction 4/R + k (1 - 4/R) / total.
+    fraction = np.arange(4 / resolution, 1.0, (1 - 4 / resolution) / total)
+  sizes, count = [], 0
+  for stage, depth in enumerate(depths):
+    current = resolution // 2 ** stage
+    stage_sizes = []
+    for block in range(depth):
+      if group_type == "constant":
+        size = group_sizes[stage]
+      elif group_type == "7_14":
+        size = group_sizes[stage] // 2 if stage == 2 and block < 4 else group_sizes[stage]
+      else:
+        gz = current * fraction[count]
+        if group_type != "linear" and gz > current // 2:
+          keep_full = gz > current * 3 / 4 if group_type == "linear_div" else count % 2 != 0
+          gz = current if keep_full or stage != 2 else current // 2
+        size = max(4, int(np.ceil(gz)))
+      stage_sizes.append(int(size))
+      count += 1
+    sizes.append(tuple(stage_sizes))
+  return tuple(sizes)
+
+
+def block_group_sizes(group_sizes: GroupSizes, depths: Sequence[int], img_size: Union[int, Sequence[int]],
+                      patch_size: int, group_type: str = "constant") -> Tuple[Tuple[int, ...], ...]:
+  """Every block's G from a model's ``group_sizes`` (an int, one per stage, or one list per stage).
+
+  Per-block lists are taken as given (``group_type`` must then be ``constant``); otherwise the PGS
+  schedule ``group_type`` is applied at the design resolution ``img_size`` (only its first side
+  counts, as in the official code).
+  """
+  depths = tuple(int(d) for d in depths)
+  if isinstance(group_sizes, (int, np.integer)):
+    group_sizes = (int(group_sizes),) * len(depths)
+  group_sizes = tuple(group_sizes)
+  if len(group_sizes) != len(depths):
+    raise ValueError(f"group_sizes needs one value (or one list) per stage ({len(depths)}), "
+                     f"got {group_sizes}")
+  if any(isinstance(g, (list, tuple)) for g in group_sizes):
+    lists = tuple(tuple(int(v) for v in g) for g in group_sizes)
+    if group_type != "constant":
+      raise ValueError(f"per-block group_sizes are taken as given: group_type must be 'constant', "
+                       f"got {group_type!r}")
+    if tuple(len(g) for g in lists) != depths:
+      raise ValueError(f"per-block group_sizes {lists} do not match depths {depths}")
+    return lists
+  side = img_size[0] if isinstance(img_size, (list, tuple)) else img_size
+  return progressive_group_sizes(tuple(int(g) for g in group_sizes), depths, int(side) // patch_size,
+                                 group_type)

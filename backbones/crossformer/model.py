@@ -1,4 +1,5 @@
-"""CrossFormer (arXiv 2108.00154): the dense backbone and the image classifier, in Flax linen, NHWC."""
+"""CrossFormer (arXiv 2108.00154) and CrossFormer++ (arXiv 2303.06908): the dense backbone and the
+image classifier, in Flax linen, NHWC."""
 
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
@@ -14,6 +15,7 @@ from backbones.feature_info import FeatureInfo
 
 Dtype = Any
 IntOrSeq = Union[int, Sequence[int]]
+FloatOrSeq = Union[float, Sequence[float]]
 
 
 def per_stage(value: IntOrSeq, num_stages: int, name: str) -> Tuple[int, ...]:
@@ -26,11 +28,41 @@ def per_stage(value: IntOrSeq, num_stages: int, name: str) -> Tuple[int, ...]:
   return value
 
 
+def per_stage_ratio(value: FloatOrSeq, num_stages: int) -> Tuple[float, ...]:
+  """``mlp_ratio``: a float for every stage, or one per stage (the CrossFormer++ classifier's list)."""
+  if isinstance(value, (int, float, np.number)):
+    return (float(value),) * num_stages
+  value = tuple(float(v) for v in value)
+  if len(value) != num_stages:
+    raise ValueError(f"mlp_ratio needs one value per stage ({num_stages}), got {value}")
+  return value
+
+
+def has_acl(block: int, depth: int) -> bool:
+  """The official ACL rule: blocks 2, 5, 8, ... of a stage, never its last block."""
+  return (block + 1) % 3 == 0 and block < depth - 1
+
+
+def check_pp_options(module: Any) -> None:
+  """Raises ``ValueError`` for CrossFormer++ options the module cannot honour."""
+  grouping.block_group_sizes(module.group_sizes, module.depths, module.img_size, module.patch_sizes[0],
+                             module.group_type)  # validates group_sizes / group_type
+  if module.pad_type not in grouping.PAD_TYPES:
+    raise ValueError(f"pad_type must be one of {grouping.PAD_TYPES}, got {module.pad_type!r}")
+  pp_options = dict(use_acl=module.use_acl, pad_type=module.pad_type, no_mask=module.no_mask,
+                    adaptive_interval=module.adaptive_interval)
+  if module.lda_mode == "v1" and any(pp_options.values()):
+    used = ", ".join(f"{k}={v}" for k, v in pp_options.items() if v)
+    raise ValueError(f"{used}: CrossFormer++ options exist only in the main-branch code, whose LDA is "
+                     "lda_mode='main'; set lda_mode='main'")
+
+
 class CrossFormerBlock(nn.Module):
   """Pre-norm block: ``x + DropPath(LSDA(LN(x)))`` then ``x + DropPath(MLP(LN(x)))``.
 
   Whether the block attends short-distance (SDA) or long-distance (LDA), and with which groups, is
-  decided from the input map size on every call (see :func:`grouping.plan_groups`).
+  decided from the input map size on every call (see :func:`grouping.plan_groups`). With ``use_acl``
+  (CrossFormer++ amplitude cooling layer) the output is then replaced by ``LN(DWConv3x3(x))``.
   """
   num_heads: int
   group_size: int
@@ -41,24 +73,35 @@ class CrossFormerBlock(nn.Module):
   qkv_bias: bool = True
   qk_scale: Optional[float] = None
   drop_path: float = 0.0
+  attn_drop: float = 0.0
+  use_acl: bool = False
+  pad_type: int = 0
+  no_mask: bool = False
+  adaptive_interval: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     _, h, w, c = x.shape
     plan = grouping.plan_groups(h, w, self.group_size, self.interval, self.long_distance,
-                                self.lda_mode)
+                                self.lda_mode, self.adaptive_interval, self.pad_type)
     y = LayerNorm(dtype=self.dtype, name="norm1")(x)
-    hp, wp = plan.padded_hw
-    # Zero padding after norm1, bottom/right only; padded keys are masked inside the attention.
-    y = jnp.pad(y, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
-    y = GroupAttention(self.num_heads, self.qkv_bias, self.qk_scale, dtype=self.dtype, name="attn")(
-        grouping.group(y, plan), plan.group_hw, grouping.key_padding_bias(plan), train)
-    y = grouping.ungroup(y, plan)[:, :h, :w]
+    (top, bottom), (left, right) = plan.pad_widths
+    # Zero padding after norm1 (bottom/right, or centred with pad_type 1); padded keys are masked.
+    y = jnp.pad(y, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    key_bias = None if self.no_mask else grouping.key_padding_bias(plan)
+    y = GroupAttention(self.num_heads, self.qkv_bias, self.qk_scale, attn_drop=self.attn_drop,
+                       dtype=self.dtype, name="attn")(grouping.group(y, plan), plan.group_hw, key_bias, train)
+    y = grouping.ungroup(y, plan)[:, top:top + h, left:left + w]
     x = x + DropPath(self.drop_path)(y, train)
     y = LayerNorm(dtype=self.dtype, name="norm2")(x)
     y = Mlp(int(c * self.mlp_ratio), dtype=self.dtype, name="mlp")(y, train)
-    return x + DropPath(self.drop_path)(y, train)
+    x = x + DropPath(self.drop_path)(y, train)
+    if self.use_acl:  # no residual: the cooling layer replaces the tokens
+      x = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=c, dtype=self.dtype,
+                  name="ex_conv")(x)
+      x = LayerNorm(dtype=self.dtype, name="ex_ln")(x)
+    return x
 
 
 class CrossFormerBackbone(nn.Module):
@@ -72,11 +115,23 @@ class CrossFormerBackbone(nn.Module):
     dims: channels per stage.
     depths: blocks per stage; even blocks are SDA, odd ones LDA.
     num_heads: attention heads per stage (None: ``dim // 32``, the official head width).
-    group_sizes: SDA group side G per stage (the seed API's ``local_window_size``).
+    group_sizes: group side G (the seed API's ``local_window_size``): an int, one per stage (turned
+      into one per block by ``group_type``), or one list of block sizes per stage.
     intervals: LDA interval I per stage (the seed API's ``global_window_size``).
     patch_sizes: kernel sizes of the stage-1 cross-scale embedding (stride 4).
     merge_sizes: kernel sizes of each patch-merging layer (stride 2).
+    mlp_ratio: MLP width / channels: one float, or one per stage.
     lda_mode: ``"v1"`` (paper and released checkpoints) or ``"main"`` (CrossFormer++ code).
+    group_type: CrossFormer++ progressive group size (PGS) schedule, one of
+      :data:`grouping.GROUP_TYPES` (official ``compute_group_size``); ``constant`` keeps ``group_sizes``.
+    img_size: the *design* resolution the non-constant ``group_type`` schedules scale with (official
+      constructor ``img_size``; only its first side counts). Never the input's size: inputs may have
+      any valid size.
+    use_acl: CrossFormer++ amplitude cooling layers (``ex_conv`` + ``ex_ln``) after blocks 2, 5, 8, ...
+      of each stage, never its last block.
+    pad_type: 0 pads maps at the bottom/right, 1 centres them (official classifier option).
+    no_mask: let padded tokens take part in the attention (official classifier option).
+    adaptive_interval: LDA interval ``ceil(max(H, W) / G)`` per call instead of ``intervals``.
     remat: recompute block activations in the backward pass (gradient checkpointing).
   """
   dims: Sequence[int] = (96, 192, 384, 768)
@@ -86,13 +141,20 @@ class CrossFormerBackbone(nn.Module):
   intervals: IntOrSeq = (8, 4, 2, 1)
   patch_sizes: Sequence[int] = (4, 8, 16, 32)
   merge_sizes: Sequence[Sequence[int]] = ((2, 4), (2, 4), (2, 4))
-  mlp_ratio: float = 4.0
+  mlp_ratio: FloatOrSeq = 4.0
   qkv_bias: bool = True
   qk_scale: Optional[float] = None
   patch_norm: bool = True
   drop_rate: float = 0.0
+  attn_drop_rate: float = 0.0
   drop_path_rate: float = 0.0
   lda_mode: str = "v1"
+  group_type: str = "constant"
+  img_size: IntOrSeq = 224
+  use_acl: bool = False
+  pad_type: int = 0
+  no_mask: bool = False
+  adaptive_interval: bool = False
   in_chans: int = 3
   out_indices: Sequence[int] = (0, 1, 2, 3)
   remat: bool = False
@@ -108,6 +170,8 @@ class CrossFormerBackbone(nn.Module):
     bad = [i for i in self.out_indices if not 0 <= i < num_stages]
     if bad:
       raise ValueError(f"out_indices {tuple(self.out_indices)} must lie in [0, {num_stages})")
+    per_stage_ratio(self.mlp_ratio, num_stages)
+    check_pp_options(self)
     super().__post_init__()
 
   @property
@@ -122,12 +186,19 @@ class CrossFormerBackbone(nn.Module):
       return tuple(max(1, d // 32) for d in self.dims)
     return per_stage(self.num_heads, len(self.dims), "num_heads")
 
+  @property
+  def block_group_sizes(self) -> Tuple[Tuple[int, ...], ...]:
+    """G of every block (before the per-call small-map fallback), one tuple per stage."""
+    return grouping.block_group_sizes(self.group_sizes, self.depths, self.img_size, self.patch_sizes[0],
+                                      self.group_type)
+
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, jnp.ndarray]:
     check_input(x.shape, self.in_chans)
     num_stages = len(self.dims)
-    group_sizes = per_stage(self.group_sizes, num_stages, "group_sizes")
+    group_sizes = self.block_group_sizes
     intervals = per_stage(self.intervals, num_stages, "intervals")
+    mlp_ratios = per_stage_ratio(self.mlp_ratio, num_stages)
     drop_path = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
     block_cls = nn.remat(CrossFormerBlock, static_argnums=(2,)) if self.remat else CrossFormerBlock
 
@@ -138,10 +209,13 @@ class CrossFormerBackbone(nn.Module):
     features, block_index = {}, 0
     for stage in range(max(self.out_indices) + 1):
       for b in range(self.depths[stage]):
-        x = block_cls(self.stage_heads[stage], group_sizes[stage], intervals[stage],
-                      long_distance=b % 2 == 1, lda_mode=self.lda_mode, mlp_ratio=self.mlp_ratio,
+        x = block_cls(self.stage_heads[stage], group_sizes[stage][b], intervals[stage],
+                      long_distance=b % 2 == 1, lda_mode=self.lda_mode, mlp_ratio=mlp_ratios[stage],
                       qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
-                      drop_path=float(drop_path[block_index]), dtype=self.dtype,
+                      drop_path=float(drop_path[block_index]), attn_drop=self.attn_drop_rate,
+                      use_acl=self.use_acl and has_acl(b, self.depths[stage]),
+                      pad_type=self.pad_type, no_mask=self.no_mask,
+                      adaptive_interval=self.adaptive_interval, dtype=self.dtype,
                       name=f"layers_{stage}_blocks_{b}")(x, train)
         block_index += 1
       if stage in self.out_indices:
@@ -159,7 +233,9 @@ class CrossFormer(nn.Module):
   ``CrossFormer(num_classes=1000, dim=(64, 128, 256, 512), depth=(2, 2, 8, 2),
   global_window_size=(8, 4, 2, 1), local_window_size=7)``; ``dim`` is the per-stage width, ``depth``
   the blocks per stage, ``global_window_size`` the LDA interval per stage and ``local_window_size`` the
-  SDA group size (an int or one per stage). Takes NHWC images, returns logits.
+  SDA group size (an int, one per stage or one list per stage). Takes NHWC images, returns logits.
+  The CrossFormer++ options (``group_type``, ``img_size``, ``use_acl``, ``pad_type``, ``no_mask``,
+  ``adaptive_interval``, per-stage ``mlp_ratio``) are those of :class:`CrossFormerBackbone`.
   """
   num_classes: int = 1000
   dim: Sequence[int] = (64, 128, 256, 512)
@@ -169,13 +245,20 @@ class CrossFormer(nn.Module):
   num_heads: Optional[Sequence[int]] = None
   patch_sizes: Sequence[int] = (4, 8, 16, 32)
   merge_sizes: Sequence[Sequence[int]] = ((2, 4), (2, 4), (2, 4))
-  mlp_ratio: float = 4.0
+  mlp_ratio: FloatOrSeq = 4.0
   qkv_bias: bool = True
   qk_scale: Optional[float] = None
   patch_norm: bool = True
   drop_rate: float = 0.0
+  attn_drop_rate: float = 0.0
   drop_path_rate: float = 0.0
   lda_mode: str = "v1"
+  group_type: str = "constant"
+  img_size: IntOrSeq = 224
+  use_acl: bool = False
+  pad_type: int = 0
+  no_mask: bool = False
+  adaptive_interval: bool = False
   in_chans: int = 3
   remat: bool = False
   dtype: Dtype = jnp.float32
@@ -187,7 +270,10 @@ class CrossFormer(nn.Module):
                 patch_sizes=tuple(self.patch_sizes), merge_sizes=tuple(map(tuple, self.merge_sizes)),
                 mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
                 patch_norm=self.patch_norm, drop_rate=self.drop_rate,
-                drop_path_rate=self.drop_path_rate, lda_mode=self.lda_mode, in_chans=self.in_chans,
+                attn_drop_rate=self.attn_drop_rate, drop_path_rate=self.drop_path_rate,
+                lda_mode=self.lda_mode, group_type=self.group_type, img_size=self.img_size,
+                use_acl=self.use_acl, pad_type=self.pad_type, no_mask=self.no_mask,
+                adaptive_interval=self.adaptive_interval, in_chans=self.in_chans,
                 remat=self.remat, dtype=self.dtype)
 
   @nn.compact
