@@ -28,7 +28,7 @@ def create_model(name: str, *, features_only: bool = True,
   Args:
     name: one of :func:`list_models` (``crossformer_t/s/b/l``).
     features_only: the dense backbone returning ``{'stage_i': map}`` (else the classifier).
-    out_indices: which stages (0..3) the backbone returns.
+    out_indices: which stages the backbone returns: 0..3, or negative from the last (timm's ``-1``).
     checkpoint: where the weights come from: a converted ``.msgpack``/``.safetensors`` (see
       ``backbones.convert_checkpoint``), a Hub id ``hf-hub:ORG/NAME`` or a folder in the Hub layout
       (``backbones.hub``), or an official ``.pth``/``.npz`` state_dict; when given, ``(module, variables)`` is
@@ -53,12 +53,25 @@ def create_model(name: str, *, features_only: bool = True,
     raise ValueError(f"unknown CrossFormer arguments {sorted(unknown)}")
   kwargs.update(overrides)
   if features_only:
-    module = CrossFormerBackbone(**kwargs, out_indices=tuple(out_indices))
+    indices = normalize_out_indices(out_indices, len(kwargs["depths"]))
+    module = CrossFormerBackbone(**kwargs, out_indices=indices)
   else:
     module = CrossFormer(num_classes=num_classes, **_classifier_kwargs(kwargs))
   if checkpoint is None:
     return module
   return module, load_variables(module, checkpoint)
+
+
+def normalize_out_indices(out_indices: Sequence[int], num_stages: int) -> Tuple[int, ...]:
+  """timm's ``out_indices``: stage numbers, negative ones counted from the last stage; sorted, no repeats."""
+  indices = tuple(int(i) for i in out_indices)
+  bad = [i for i in indices if not -num_stages <= i < num_stages]
+  if bad or not indices:
+    raise ValueError(f"out_indices {indices} must be non-empty and lie in [-{num_stages}, {num_stages})")
+  normalized = tuple(sorted({i % num_stages for i in indices}))
+  if len(normalized) != len(indices):
+    raise ValueError(f"out_indices {indices} names a stage twice")
+  return normalized
 
 
 def _classifier_kwargs(backbone_kwargs: Dict[str, Any]) -> Dict[str, Any]:
