@@ -98,7 +98,7 @@ def pp_run(request, official_fixtures_dir):
 
 
 def test_outputs_match_official(pp_run):
-  meta, arrays = pp_run["meta"], pp_run["arrays"]
+  arrays = pp_run["arrays"]
   assert len(pp_run["outputs"]) >= 2
   checked = 0
   for case, outs in pp_run["outputs"].items():

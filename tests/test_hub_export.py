@@ -1,6 +1,5 @@
 """Weights as safetensors and in the Hub layout (offline Hub cache), and model export (StableHLO, SavedModel)."""
 
-import os
 import sys
 
 import jax
