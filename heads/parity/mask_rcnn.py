@@ -6,6 +6,7 @@ losses), so that each comparison tests one stage. Lists (proposals, detections) 
 by anchor index or (RoI, label), then boxes to 1e-3 px and scores to 1e-5.
 """
 
+import dataclasses
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import flax.linen as nn
@@ -24,8 +25,8 @@ from heads.detection.rpn_head import RPNHead
 from heads.detection.sampler import SamplerConfig
 from heads.fpn import FPN
 from heads.parity.report import BOX_TOL, SCORE_TOL, Report
-from projects.detection.mask_rcnn import (MaskRCNN, MaskRCNNSettings, mask_loss_sum, rcnn_loss_terms,
-                                          rpn_loss_terms)
+from projects.detection.mask_rcnn import (MaskRCNN, MaskRCNNSettings, loss_terms, mask_loss_sum,
+                                          rcnn_loss_terms, rpn_loss_terms)
 from heads.detection.anchors import AnchorGenerator
 from heads.detection.assigner import MaxIoUAssigner
 from heads.detection.box_coder import DeltaXYWHBBoxCoder
@@ -176,7 +177,6 @@ def _run_case(arrays, meta, case, variables, report: Report) -> None:
     v = np.asarray(p["valid"])
     return {k: np.asarray(x)[v] for k, x in p.items()}
 
-  import dataclasses  # pylint: disable=import-outside-toplevel
   versions = {"proposals": dataclasses.replace(s.rpn_test, version="mmdet3"),
               "proposals_mmdet2": dataclasses.replace(s.rpn_test, version="mmdet2"),
               "proposals_train": dataclasses.replace(s.rpn_train, version="mmdet3"),
@@ -269,6 +269,9 @@ def _run_case(arrays, meta, case, variables, report: Report) -> None:
 
   # 5. Training: assignment, stored samples, targets and losses.
   _training(arrays, meta, case, model, variables, pyramid, anchors, sizes, rpn_logits, rpn_deltas, report)
+
+  # 6. End to end through the jitted forward pass (from the pyramid): predictions and sampler-free losses.
+  _end_to_end(arrays, case, model, variables, feats, report)
 
 
 def _compare_masks(report, name, probs, boxes, shape, ref, counted) -> None:
@@ -420,3 +423,71 @@ def _training(arrays, meta, case, model, variables, pyramid, anchors, sizes, rpn
   report.tensor(prefix + "mask/mask_logits_label", mlog, out("train/mask/mask_logits_label"))
   loss = float(mask_loss_sum(jnp.asarray(mlog), jnp.asarray(targets), jnp.ones(len(lab)))) / targets.size
   report.tensor(f"{case}/loss/loss_mask", loss, out("loss/loss_mask"))
+
+
+def _match_boxes(report: Report, name: str, ours: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> None:
+  """Detections as sets without RoI indices: each stored one matched to ours by label and box (1e-3 px)."""
+  used = np.zeros(len(ours["labels"]), bool)
+  order = []
+  for box, label in zip(ref["bboxes"], ref["labels"]):
+    cand = np.flatnonzero((ours["labels"] == label) & ~used
+                          & (np.abs(ours["boxes"] - box).max(axis=1) <= BOX_TOL[0]))
+    if len(cand) == 0:
+      order.append(-1)
+      continue
+    used[cand[0]] = True
+    order.append(cand[0])
+  order = np.asarray(order)
+  missing, extra = int(np.sum(order < 0)), int(np.sum(~used))
+  if missing or extra:
+    report.fail(f"{name}/set", f"{missing} stored detections not found, {extra} extra of ours")
+    return
+  report.exact(f"{name}/set", np.ones(len(order)), np.ones(len(order)))
+  report.tensor(f"{name}/bboxes", ours["boxes"][order], ref["bboxes"], atol=BOX_TOL[0], rtol=BOX_TOL[1])
+  report.tensor(f"{name}/scores", ours["scores"][order], ref["scores"], atol=SCORE_TOL[0], rtol=SCORE_TOL[1])
+  return order
+
+
+def _end_to_end(arrays, case, model, variables, feats, report: Report) -> None:
+  inp = lambda k: arrays[f"in/{case}/{k}"]
+  out = lambda k: arrays[f"out/{case}/{k}"]
+  prefix = f"{case}/end_to_end/"
+  img_shape = jnp.asarray(inp("img_shape"), jnp.int32)
+  batch = img_shape.shape[0]
+  height, width = (int(x) for x in inp("batch_input_shape"))
+  for version, key in (("mmdet3", "det"), ("mmdet2", "det_mmdet2")):
+    fn = jax.jit(lambda v, f, sz: model.apply(v, f, False, image_size=sz, proposal_version=version,
+                                              method=MaskRCNN.forward_features))
+    dets = jax.tree.map(np.asarray, fn(variables, feats, img_shape)["detections"])
+    for b in range(batch):
+      v = dets["valid"][b]
+      ours = {k: dets[k][b][v] for k in ("boxes", "scores", "labels", "mask_logits")}
+      ref = {k: out(f"{key}/img{b}/{k}") for k in ("bboxes", "scores", "labels")}
+      order = _match_boxes(report, prefix + f"{key}/img{b}", ours, ref)
+      if key == "det" and order is not None:
+        h, w = (int(x) for x in np.asarray(img_shape[b]))
+        probs = jax.nn.sigmoid(jnp.asarray(ours["mask_logits"][order]))
+        _compare_masks(report, prefix + f"det/img{b}/masks", probs, ours["boxes"][order], (h, w),
+                       out(f"det/img{b}/masks"), None)
+
+  # Training forward with our sampler: the losses that depend on the positives only must match.
+  num_gts = max(len(inp(f"gt_labels/img{b}")) for b in range(batch))
+  gt_boxes = np.zeros((batch, num_gts, 4), np.float32)
+  gt_labels = np.full((batch, num_gts), -1, np.int32)
+  gt_masks = np.zeros((batch, num_gts, height, width), np.uint8)
+  for b in range(batch):
+    n = len(inp(f"gt_labels/img{b}"))
+    gt_boxes[b, :n] = inp(f"gt_bboxes/img{b}")
+    gt_labels[b, :n] = inp(f"gt_labels/img{b}")
+    m = inp(f"gt_masks/img{b}")
+    gt_masks[b, :n, :m.shape[1], :m.shape[2]] = m
+  # The stored losses are mmdet 3.3's: its training proposals drop zero-size boxes.
+  settings = model.settings
+  model = model.clone(settings=dataclasses.replace(
+      settings, rpn_train=dataclasses.replace(settings.rpn_train, version="mmdet3")))
+  fn = jax.jit(lambda v, f, sz, gb, gl, gm: loss_terms(model.apply(
+      v, f, True, image_size=sz, gt_boxes=gb, gt_labels=gl, gt_masks=gm, method=MaskRCNN.forward_features,
+      rngs={"dropout": jax.random.PRNGKey(0)})))
+  terms = jax.tree.map(np.asarray, fn(variables, feats, img_shape, gt_boxes, gt_labels, gt_masks))
+  for name in ("loss_rpn_bbox", "loss_bbox", "loss_mask"):
+    report.tensor(prefix + f"loss/{name}", terms[name][0], out(f"loss/{name}"))

@@ -161,8 +161,16 @@ class MaskRCNN(nn.Module):
     batch, height, width = inputs.shape[:3]
     if image_size is None:
       image_size = jnp.tile(jnp.asarray([[height, width]], jnp.int32), (batch, 1))
-    image_size = jnp.asarray(image_size, jnp.int32)
     features = self.backbone(inputs, train=train)
+    return self.forward_features(features, train, image_size=image_size, gt_boxes=gt_boxes,
+                                 gt_labels=gt_labels, gt_masks=gt_masks, proposal_version=proposal_version)
+
+  def forward_features(self, features: Any, train: bool = False, *, image_size: jnp.ndarray,
+                       gt_boxes: Optional[jnp.ndarray] = None, gt_labels: Optional[jnp.ndarray] = None,
+                       gt_masks: Optional[jnp.ndarray] = None, proposal_version: Optional[str] = None
+                       ) -> Dict[str, Any]:
+    """Everything after the backbone (``__call__`` without the backbone; the parity runner starts here)."""
+    image_size = jnp.asarray(image_size, jnp.int32)
     out = self.pyramid_forward(features, train=train)
     if train:
       if gt_boxes is None or gt_labels is None or gt_masks is None:
@@ -321,6 +329,42 @@ def mask_loss_sum(mask_logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.n
   return losses.weighted_sum(losses.binary_cross_entropy_with_logits(mask_logits, targets), weights)
 
 
+def loss_terms(outputs: Mapping[str, Any]) -> Metrics:
+  """The five official losses, ``acc`` and ``total_loss`` as ``{name: (value, 1)}`` from training outputs.
+
+  Normalisation as mmdet: RPN losses by the sampled anchors of the batch, ``loss_cls`` and ``loss_bbox`` by
+  the sampled RoIs, ``loss_mask`` by positives x 28 x 28; evaluation outputs give ``num_detections``.
+  """
+  if "rcnn_rois" not in outputs:  # evaluation outputs: detections only
+    valid = outputs["detections"]["valid"].astype(jnp.float32)
+    return {"num_detections": (valid.sum(), jnp.asarray(valid.shape[0], jnp.float32))}
+  rpn_logits = jnp.concatenate(outputs["rpn_logits"], axis=1)
+  rpn_deltas = jnp.concatenate(outputs["rpn_deltas"], axis=1)
+  rpn = rpn_loss_terms(rpn_logits, rpn_deltas, outputs["rpn_labels"], outputs["rpn_weights"],
+                       outputs["rpn_box_targets"], outputs["rpn_box_weights"])
+  rpn_count = jnp.maximum(outputs["rpn_weights"].sum(), 1.0)
+  valid = outputs["rcnn_valid"].astype(jnp.float32)
+  rcnn = rcnn_loss_terms(outputs["rcnn_cls_logits"], outputs["rcnn_deltas"], outputs["rcnn_labels"], valid,
+                         outputs["rcnn_is_pos"].astype(jnp.float32), outputs["rcnn_box_targets"])
+  rcnn_count = jnp.maximum(valid.sum(), 1.0)
+  mask_sum = mask_loss_sum(outputs["mask_logits"], outputs["mask_targets"], outputs["mask_weights"])
+  size = outputs["mask_logits"].shape[-1] * outputs["mask_logits"].shape[-2]
+  mask_count = jnp.maximum(outputs["mask_weights"].sum() * size, 1.0)
+  one = jnp.ones((), jnp.float32)
+  values = {
+      "loss_rpn_cls": rpn["loss_rpn_cls"] / rpn_count,
+      "loss_rpn_bbox": rpn["loss_rpn_bbox"] / rpn_count,
+      "loss_cls": rcnn["loss_cls"] / rcnn_count,
+      "loss_bbox": rcnn["loss_bbox"] / rcnn_count,
+      "loss_mask": mask_sum / mask_count,
+  }
+  metrics = {k: (v, one) for k, v in values.items()}
+  metrics["total_loss"] = (sum(values.values()), one)
+  metrics["acc"] = (100.0 * rcnn["correct"] / rcnn_count, one)
+  metrics["num_rcnn_pos"] = (outputs["rcnn_is_pos"].sum().astype(jnp.float32), one)
+  return metrics
+
+
 class MaskRCNNModel(BaseModel):
   """Scenic-style Mask R-CNN: network, two-stage losses, metrics and predictions (see the module docstring).
 
@@ -402,35 +446,8 @@ class MaskRCNNModel(BaseModel):
     return kwargs
 
   def _loss_terms(self, outputs: Mapping[str, Any], batch: Batch) -> Metrics:
-    """The five official losses, ``acc`` and ``total_loss`` as ``{name: (value, 1)}`` (batch-normalised)."""
-    if "rcnn_rois" not in outputs:  # evaluation outputs: detections only
-      valid = outputs["detections"]["valid"].astype(jnp.float32)
-      return {"num_detections": (valid.sum(), jnp.asarray(valid.shape[0], jnp.float32))}
-    rpn_logits = jnp.concatenate(outputs["rpn_logits"], axis=1)
-    rpn_deltas = jnp.concatenate(outputs["rpn_deltas"], axis=1)
-    rpn = rpn_loss_terms(rpn_logits, rpn_deltas, outputs["rpn_labels"], outputs["rpn_weights"],
-                         outputs["rpn_box_targets"], outputs["rpn_box_weights"])
-    rpn_count = jnp.maximum(outputs["rpn_weights"].sum(), 1.0)
-    valid = outputs["rcnn_valid"].astype(jnp.float32)
-    rcnn = rcnn_loss_terms(outputs["rcnn_cls_logits"], outputs["rcnn_deltas"], outputs["rcnn_labels"], valid,
-                           outputs["rcnn_is_pos"].astype(jnp.float32), outputs["rcnn_box_targets"])
-    rcnn_count = jnp.maximum(valid.sum(), 1.0)
-    mask_sum = mask_loss_sum(outputs["mask_logits"], outputs["mask_targets"], outputs["mask_weights"])
-    size = outputs["mask_logits"].shape[-1] * outputs["mask_logits"].shape[-2]
-    mask_count = jnp.maximum(outputs["mask_weights"].sum() * size, 1.0)
-    one = jnp.ones((), jnp.float32)
-    values = {
-        "loss_rpn_cls": rpn["loss_rpn_cls"] / rpn_count,
-        "loss_rpn_bbox": rpn["loss_rpn_bbox"] / rpn_count,
-        "loss_cls": rcnn["loss_cls"] / rcnn_count,
-        "loss_bbox": rcnn["loss_bbox"] / rcnn_count,
-        "loss_mask": mask_sum / mask_count,
-    }
-    metrics = {k: (v, one) for k, v in values.items()}
-    metrics["total_loss"] = (sum(values.values()), one)
-    metrics["acc"] = (100.0 * rcnn["correct"] / rcnn_count, one)
-    metrics["num_rcnn_pos"] = (outputs["rcnn_is_pos"].sum().astype(jnp.float32), one)
-    return metrics
+    del batch  # the targets travel in the outputs
+    return loss_terms(outputs)
 
   def loss_function(self, outputs: Mapping[str, Any], batch: Batch,
                     model_params: Optional[Any] = None) -> Tuple[jnp.ndarray, Metrics]:
