@@ -8,9 +8,11 @@ outside the map, clamped to the edge within it), the bin the mean of its ``g_h *
 zero-size RoI). Bilinear weights and the border rules factor over the two axes, so a bin is
 ``sum_{y, x} wy[y] * wx[x] * F[y, x]`` with per-axis weights.
 
-``roi_align`` (feature maps) gathers the two neighbours of at most ``max_samples`` samples per bin and axis:
-exact whenever ``ceil(size / out) <= max_samples`` (every RoI of a usual aspect ratio at its mapped level);
-a larger RoI is averaged over ``max_samples`` evenly spaced samples per bin instead.
+``roi_align`` (feature maps) takes at most ``max_samples`` samples per bin and axis: exact whenever
+``ceil(size / out) <= max_samples`` (every RoI of a usual aspect ratio at its mapped level); such a RoI's
+samples lie in a window of ``out * max_samples + 3`` map pixels per axis, which is gathered once and reduced
+with per-axis weight matrices. A larger RoI is averaged over ``max_samples`` evenly spaced samples per bin
+instead (gathered sample by sample, in the chunks that hold such RoIs).
 ``roi_align_dense`` (single-channel maps such as instance bitmaps) builds the full per-axis weight matrices
 and is exact for any RoI size.
 """
@@ -70,7 +72,7 @@ def _axis_weights(start: jnp.ndarray, size: jnp.ndarray, length: jnp.ndarray, ou
 
 def roi_align(features: Sequence[jnp.ndarray], boxes: jnp.ndarray, batch_index: jnp.ndarray,
               levels: jnp.ndarray, strides: Sequence[int], output_size: int, max_samples: int = 4,
-              chunk_size: int = 256) -> jnp.ndarray:
+              chunk_size: int = 64) -> jnp.ndarray:
   """mmcv ``RoIAlign(output_size, spatial_scale=1/stride, sampling_ratio=0, aligned=True)`` over levels.
 
   Args:
@@ -109,20 +111,47 @@ def roi_align(features: Sequence[jnp.ndarray], boxes: jnp.ndarray, batch_index: 
   size_x = (boxes[:, 2] * scale - jnp.float32(0.5)) - start_x
   size_y = (boxes[:, 3] * scale - jnp.float32(0.5)) - start_y
 
-  def one_chunk(args):
-    sx, sy, wx_, hy_, w_, h_, base_ = args
+  k_win = output_size * max_samples + 3  # every sample's neighbours when ceil(size / out) <= max_samples
+
+  def window_weights(idx, weight, grid, start, length):
+    """Per-axis weights on a window of ``k_win`` map pixels from the first sample's low neighbour."""
+    first = jnp.minimum(jnp.floor(jnp.maximum(start, 0.0)).astype(jnp.int32), length - 1)
+    offset = idx - first[:, None, None, None]
+    onehot = offset[..., None] == jnp.arange(k_win)
+    dense = (weight[..., None] * onehot).sum(axis=(2, 3))  # (r, out, k_win)
+    rows = jnp.minimum(first[:, None] + jnp.arange(k_win)[None, :], length[:, None] - 1)
+    return dense, rows
+
+  def windowed(sx, sy, wx_, hy_, w_, h_, base_):
+    iy, wy, gy = _axis_weights(sy, hy_, h_, output_size, max_samples)
+    ix, wx, gx = _axis_weights(sx, wx_, w_, output_size, max_samples)
+    dy, rows = window_weights(iy, wy, gy, sy, h_)
+    dx, cols = window_weights(ix, wx, gx, sx, w_)
+    flat = base_[:, None, None] + rows[:, :, None] * w_[:, None, None] + cols[:, None, :]
+    values = table[flat]  # (r, k_win, k_win, C)
+    pooled = jnp.einsum("rpy,ryxc->rpxc", dy, values, precision=jax.lax.Precision.HIGHEST)
+    pooled = jnp.einsum("rqx,rpxc->rpqc", dx, pooled, precision=jax.lax.Precision.HIGHEST)
+    count = jnp.maximum(gy * gx, 1).astype(jnp.float32)
+    return pooled / count[:, None, None, None]
+
+  def sampled(sx, sy, wx_, hy_, w_, h_, base_):
     iy, wy, gy = _axis_weights(sy, hy_, h_, output_size, max_samples)
     ix, wx, gx = _axis_weights(sx, wx_, w_, output_size, max_samples)
     r = sx.shape[0]
-    rows = iy.reshape(r, -1)  # (r, out * S * 2)
-    cols = ix.reshape(r, -1)
-    flat = base_[:, None, None] + rows[:, :, None] * w_[:, None, None] + cols[:, None, :]
-    values = table[flat]  # (r, Ky, Kx, C)
+    flat = base_[:, None, None] + iy.reshape(r, -1)[:, :, None] * w_[:, None, None] + ix.reshape(r, -1)[:, None, :]
+    values = table[flat]  # (r, out * S * 2, out * S * 2, C)
     pooled = jnp.einsum("ry,rx,ryxc->ryxc", wy.reshape(r, -1), wx.reshape(r, -1), values)
     k = max_samples * 2
     pooled = pooled.reshape(r, output_size, k, output_size, k, channels).sum(axis=(2, 4))
     count = jnp.maximum(gy * gx, 1).astype(jnp.float32)
     return pooled / count[:, None, None, None]
+
+  def one_chunk(args):
+    sx, sy, wx_, hy_ = args[:4]
+    # RoIs needing more samples than the bound spread their samples beyond the window: such chunks take the
+    # (slower) per-sample gather path.
+    oversize = jnp.any((jnp.ceil(wx_ / output_size) > max_samples) | (jnp.ceil(hy_ / output_size) > max_samples))
+    return jax.lax.cond(oversize, lambda a: sampled(*a), lambda a: windowed(*a), args)
 
   num = boxes.shape[0]
   chunk = max(1, min(chunk_size, num))
