@@ -2,6 +2,7 @@
 
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,3 +109,72 @@ def test_paste_and_mask_targets():
   targets = np.asarray(mask_targets(jnp.asarray(gt), jnp.asarray([[10.0, 10.0, 30.0, 30.0]]), jnp.asarray([1]),
                                     mask_size=4))
   np.testing.assert_array_equal(targets[0], np.repeat([[1, 1, 0, 0]], 4, axis=0))
+
+
+class _ConvPyramid(nn.Module):
+  """A 4-stage strided-conv stand-in for the backbone (strides 4..32): keeps the compile small."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(8, (4, 4), strides=(4, 4))(x)
+    out = {}
+    for i in range(4):
+      if i:
+        x = nn.Conv(8 * 2 ** i, (2, 2), strides=(2, 2))(x)
+      out[f"stage_{i + 1}"] = x
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_model_trains_and_predicts():
+  from projects.detection.mask_rcnn import MaskRCNNModel  # pylint: disable=import-outside-toplevel
+  model = MaskRCNNModel(None, {"num_classes": 3})
+  cfg = model.config
+  cfg.model.neck.out_channels = cfg.model.rpn_head.feat_channels = cfg.model.mask_head.conv_out_channels = 16
+  cfg.model.bbox_head.fc_out_channels = 32
+  cfg.model.roi.update(max_samples=2, mask_max_samples=2)
+  cfg.model.train_cfg.update(rpn_nms_pre=300, rpn_max_per_img=64, rcnn_num=32)
+  cfg.model.test_cfg.update(rpn_nms_pre=300, rpn_max_per_img=64, max_per_img=8)
+  model = MaskRCNNModel(cfg, {"num_classes": 3}, backbone=_ConvPyramid())
+  masks = np.zeros((2, 2, 64, 64), np.uint8)
+  masks[0, 0, 8:40, 10:30] = 1
+  masks[1, 0, 20:60, 5:60] = 1
+  masks[1, 1, 0:16, 40:64] = 1
+  batch = {
+      "inputs": np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32),
+      "batch_mask": np.ones(2, np.float32),
+      "label": {"boxes": np.array([[[10, 8, 30, 40], [0, 0, 0, 0]], [[5, 20, 60, 60], [40, 0, 64, 16]]],
+                                  np.float32),
+                "labels": np.array([[1, -1], [0, 2]], np.int32), "masks": masks,
+                "image_size": np.array([[64, 64], [60, 64]], np.int32),
+                "orig_size": np.array([[128, 128], [120, 128]], np.int32),
+                "scale": np.full((2, 2), 0.5, np.float32)},
+  }
+  net = model.flax_model
+  variables = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+
+  @jax.jit
+  def train(params, batch):
+    def loss_fn(p):
+      outputs = net.apply({"params": p}, batch["inputs"], train=True, rngs={"dropout": jax.random.PRNGKey(1)},
+                          **model.apply_kwargs(batch, train=True))
+      return model.loss_function(outputs, batch, p)
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+  (loss, metrics), grads = train(variables["params"], batch)
+  assert np.isfinite(float(loss))
+  for name in ("loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask"):
+    assert np.isfinite(float(metrics[name][0])) and float(metrics[name][0]) >= 0, name
+  np.testing.assert_allclose(float(loss), sum(float(metrics[n][0]) for n in (
+      "loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox", "loss_mask")), rtol=1e-5)
+  assert float(metrics["num_rcnn_pos"][0]) >= 3  # the gts themselves are positive candidates
+  for part in ("backbone", "rpn_head", "bbox_head", "mask_head"):
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads[part])), part
+
+  predict = jax.jit(lambda v, b: model.predict(net.apply(v, b["inputs"], **model.apply_kwargs(b, False)), b))
+  pred = predict(variables, batch)
+  assert pred["boxes"].shape == (2, 8, 4) and pred["mask_probs"].shape == (2, 8, 28, 28)
+  valid = np.asarray(pred["valid"])
+  np.testing.assert_allclose(np.asarray(pred["boxes"])[valid], 2 * np.asarray(pred["input_boxes"])[valid],
+                             rtol=1e-6)
+  assert (np.asarray(pred["labels"])[~valid] == -1).all()

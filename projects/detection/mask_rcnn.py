@@ -74,7 +74,9 @@ class MaskRCNNSettings:
     roi_strides: strides of the RoI extractor levels (4..32).
     finest_scale: RoI level mapping scale (56).
     bbox_roi_size, mask_roi_size, mask_size: 7, 14, 28.
-    roi_max_samples: bound on RoIAlign's adaptive samples per bin and axis (see ``roi_align``).
+    roi_max_samples, mask_roi_max_samples: bounds on RoIAlign's adaptive samples per bin and axis of the
+      7x7 and 14x14 extractors (see ``roi_align``: exact up to ``7 * 8 = 56`` and ``14 * 4 = 56`` map pixels
+      per side, i.e. every RoI up to 224 px wide at its level-0 mapping, 1792 px at level 3).
     pad_size_divisor: per-image padding that defines mmdet's valid anchors (32).
   """
   anchor_generator: AnchorGenerator = AnchorGenerator(strides=(4, 8, 16, 32, 64), ratios=(0.5, 1.0, 2.0),
@@ -93,7 +95,8 @@ class MaskRCNNSettings:
   bbox_roi_size: int = 7
   mask_roi_size: int = 14
   mask_size: int = 28
-  roi_max_samples: int = 4
+  roi_max_samples: int = 8
+  mask_roi_max_samples: int = 4
   pad_size_divisor: int = 32
 
 
@@ -130,24 +133,26 @@ class MaskRCNN(nn.Module):
     return {"pyramid": tuple(pyramid), "rpn_logits": logits, "rpn_deltas": deltas, "anchors": anchors}
 
   def roi_features(self, pyramid: Sequence[jnp.ndarray], boxes: jnp.ndarray, batch_index: jnp.ndarray,
-                   output_size: int) -> jnp.ndarray:
+                   output_size: int, max_samples: int) -> jnp.ndarray:
     """RoIAlign features ``(R, S, S, C)`` of xyxy ``boxes`` (R, 4) on P2..P5 at their mapped levels."""
     s = self.settings
     levels = roi_levels(boxes, len(s.roi_strides), s.finest_scale)
     return roi_align(pyramid[:len(s.roi_strides)], boxes, batch_index, levels, s.roi_strides, output_size,
-                     max_samples=s.roi_max_samples)
+                     max_samples=max_samples)
 
   def bbox_forward(self, pyramid: Sequence[jnp.ndarray], boxes: jnp.ndarray, batch_index: jnp.ndarray,
                    train: bool = False) -> Dict[str, jnp.ndarray]:
     """Box head on RoIs: ``cls_logits (R, K + 1)``, ``deltas (R, 4 K)``, ``shared_fc_out``, ``roi_feats``."""
-    feats = self.roi_features(pyramid, boxes, batch_index, self.settings.bbox_roi_size)
+    feats = self.roi_features(pyramid, boxes, batch_index, self.settings.bbox_roi_size,
+                              self.settings.roi_max_samples)
     cls, deltas, shared = self.bbox_head(feats, train=train)
     return {"cls_logits": cls, "deltas": deltas, "shared_fc_out": shared, "roi_feats": feats}
 
   def mask_forward(self, pyramid: Sequence[jnp.ndarray], boxes: jnp.ndarray, batch_index: jnp.ndarray,
                    train: bool = False) -> Dict[str, jnp.ndarray]:
     """Mask head on RoIs: ``logits (R, 28, 28, K)`` and the 14x14 ``roi_feats``."""
-    feats = self.roi_features(pyramid, boxes, batch_index, self.settings.mask_roi_size)
+    feats = self.roi_features(pyramid, boxes, batch_index, self.settings.mask_roi_size,
+                              self.settings.mask_roi_max_samples)
     return {"logits": self.mask_head(feats, train=train), "roi_feats": feats}
 
   # ---- full forward ----
@@ -373,7 +378,8 @@ class MaskRCNNModel(BaseModel):
     dtype ("float32"); backbone (as RetinaNet: ``name``, ``drop_path_rate`` 0.2, ``lda_mode``, ``remat``,
     ``checkpoint``, ``overrides``); neck: ``out_channels`` (256); rpn_head: ``feat_channels`` (256);
     bbox_head: ``fc_out_channels`` (1024); mask_head: ``conv_out_channels`` (256), ``num_convs`` (4);
-    roi: ``max_samples`` (RoIAlign bound on adaptive samples per bin and axis, 4... see ``roi_align``);
+    roi: ``max_samples`` (8) and ``mask_max_samples`` (4): RoIAlign's bounds on the adaptive samples per bin
+    and axis of the 7x7 and 14x14 extractors (exact below them, see ``heads.detection.roi_align``);
     train_cfg: ``rpn_nms_pre`` (2000), ``rpn_max_per_img`` (1000), ``rpn_num`` (256), ``rpn_pos_fraction`` (0.5),
     ``rcnn_num`` (512), ``rcnn_pos_fraction`` (0.25), ``pad_size_divisor`` (32);
     test_cfg: ``version`` ("mmdet2" | "mmdet3"), ``rpn_nms_pre`` (1000), ``rpn_max_per_img`` (1000),
@@ -395,7 +401,8 @@ class MaskRCNNModel(BaseModel):
                                 version=e.version),
         rcnn_test=RCNNTestConfig(score_thr=e.score_thr, iou_threshold=e.iou_threshold,
                                  max_per_img=e.max_per_img, mask_thr_binary=e.mask_thr_binary),
-        roi_max_samples=m.roi.max_samples, pad_size_divisor=t.pad_size_divisor)
+        roi_max_samples=m.roi.max_samples, mask_roi_max_samples=m.roi.mask_max_samples,
+        pad_size_divisor=t.pad_size_divisor)
 
   def build_flax_model(self) -> nn.Module:
     """Returns the ``MaskRCNN`` network described by ``config.model``."""
@@ -425,7 +432,7 @@ class MaskRCNNModel(BaseModel):
             "rpn_head": {"feat_channels": 32},
             "bbox_head": {"fc_out_channels": 64},
             "mask_head": {"conv_out_channels": 32, "num_convs": 4},
-            "roi": {"max_samples": 4},
+            "roi": {"max_samples": 8, "mask_max_samples": 4},
             "train_cfg": {"rpn_nms_pre": 2000, "rpn_max_per_img": 1000, "rpn_num": 256, "rpn_pos_fraction": 0.5,
                           "rcnn_num": 512, "rcnn_pos_fraction": 0.25, "pad_size_divisor": 32},
             "test_cfg": {"version": "mmdet2", "rpn_nms_pre": 1000, "rpn_max_per_img": 1000, "score_thr": 0.05,
