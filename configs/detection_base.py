@@ -47,6 +47,8 @@ from configs import common
 # COCO train2017: 118,287 images, of which 117,266 have at least one annotation (mmdet's filter_empty_gt).
 COCO_TRAIN_IMAGES = 117_266
 DETECTION_VARIANTS = ("s", "b")
+# Released RetinaNet models (detection/README.md of github.com/cheerss/CrossFormer; Google Drive file ids).
+OFFICIAL_RETINANET = {"s": "1OEEottS4fYGVZcPZG6WuBlKMK0tZLPZW", "b": "1TOuLLf_S4Ixo6COvaHQAocACR4NKKnGz"}
 
 
 def epochs_to_steps(epochs: float, num_images: int, batch_size: int) -> int:
@@ -83,7 +85,9 @@ def retinanet_model_config(variant: str) -> ml_collections.ConfigDict:
                      pad_size_divisor=32),
       loss=dict(focal_gamma=2.0, focal_alpha=0.25, cls_weight=1.0, box_loss="l1", smooth_l1_beta=1.0 / 9.0,
                 box_weight=1.0),
-      test_cfg=dict(nms_pre=1000, score_thr=0.05, iou_threshold=0.5, max_per_img=100),
+      # version "mmdet2": the official repository's mmdetection 2.8 post-processing ("mmdet3": 3.x's).
+      test_cfg=dict(nms_pre=1000, score_thr=0.05, iou_threshold=0.5, max_per_img=100, min_bbox_size=0.0,
+                    version="mmdet2"),
   ))
 
 
@@ -122,4 +126,7 @@ def retinanet(variant: str) -> ml_collections.ConfigDict:
   config.lr_schedule = common.step_schedule(base_lr=1e-4, milestones=(), gamma=0.1, warmup_steps=500,
                                             warmup_ratio=0.001)
   epoch_schedule(config, num_epochs=12, milestone_epochs=(8, 11), num_images=COCO_TRAIN_IMAGES)
+  # The released checkpoint (the README names no file: save the download under this name).
+  config.official_checkpoint = f"retinanet_crossformer_{variant}_fpn_1x_coco.pth"
+  config.official_checkpoint_url = f"https://drive.google.com/file/d/{OFFICIAL_RETINANET[variant]}/view"
   return config
