@@ -10,9 +10,10 @@ zero-size RoI). Bilinear weights and the border rules factor over the two axes, 
 
 ``roi_align`` (feature maps) takes at most ``max_samples`` samples per bin and axis: exact whenever
 ``ceil(size / out) <= max_samples`` (every RoI of a usual aspect ratio at its mapped level); such a RoI's
-samples lie in a window of ``out * max_samples + 3`` map pixels per axis, which is gathered once and reduced
-with per-axis weight matrices. A larger RoI is averaged over ``max_samples`` evenly spaced samples per bin
-instead (gathered sample by sample, in the chunks that hold such RoIs).
+samples lie in a window of ``out * samples + 3`` map pixels per axis, which is gathered once and reduced
+with per-axis weight matrices. RoIs are sorted by the samples they need and processed in chunks, each with the
+smallest window (1, 2, 4 or ``max_samples`` samples) its RoIs fit. A larger RoI is averaged over
+``max_samples`` evenly spaced samples per bin instead (gathered sample by sample).
 ``roi_align_dense`` (single-channel maps such as instance bitmaps) builds the full per-axis weight matrices
 and is exact for any RoI size.
 """
@@ -111,9 +112,7 @@ def roi_align(features: Sequence[jnp.ndarray], boxes: jnp.ndarray, batch_index: 
   size_x = (boxes[:, 2] * scale - jnp.float32(0.5)) - start_x
   size_y = (boxes[:, 3] * scale - jnp.float32(0.5)) - start_y
 
-  k_win = output_size * max_samples + 3  # every sample's neighbours when ceil(size / out) <= max_samples
-
-  def window_weights(idx, weight, grid, start, length):
+  def window_weights(idx, weight, start, length, k_win):
     """Per-axis weights on a window of ``k_win`` map pixels from the first sample's low neighbour."""
     first = jnp.minimum(jnp.floor(jnp.maximum(start, 0.0)).astype(jnp.int32), length - 1)
     offset = idx - first[:, None, None, None]
@@ -122,11 +121,14 @@ def roi_align(features: Sequence[jnp.ndarray], boxes: jnp.ndarray, batch_index: 
     rows = jnp.minimum(first[:, None] + jnp.arange(k_win)[None, :], length[:, None] - 1)
     return dense, rows
 
-  def windowed(sx, sy, wx_, hy_, w_, h_, base_):
-    iy, wy, gy = _axis_weights(sy, hy_, h_, output_size, max_samples)
-    ix, wx, gx = _axis_weights(sx, wx_, w_, output_size, max_samples)
-    dy, rows = window_weights(iy, wy, gy, sy, h_)
-    dx, cols = window_weights(ix, wx, gx, sx, w_)
+  def windowed(samples, sx, sy, wx_, hy_, w_, h_, base_):
+    # Exact when every RoI of the chunk needs <= samples per bin: its samples' neighbours lie in a window of
+    # out * samples + 3 pixels per axis.
+    k_win = output_size * samples + 3
+    iy, wy, gy = _axis_weights(sy, hy_, h_, output_size, samples)
+    ix, wx, gx = _axis_weights(sx, wx_, w_, output_size, samples)
+    dy, rows = window_weights(iy, wy, sy, h_, k_win)
+    dx, cols = window_weights(ix, wx, sx, w_, k_win)
     flat = base_[:, None, None] + rows[:, :, None] * w_[:, None, None] + cols[:, None, :]
     values = table[flat]  # (r, k_win, k_win, C)
     pooled = jnp.einsum("rpy,ryxc->rpxc", dy, values, precision=jax.lax.Precision.HIGHEST)
@@ -146,21 +148,27 @@ def roi_align(features: Sequence[jnp.ndarray], boxes: jnp.ndarray, batch_index: 
     count = jnp.maximum(gy * gx, 1).astype(jnp.float32)
     return pooled / count[:, None, None, None]
 
+  # Window tiers: a chunk takes the smallest window its largest RoI fits; RoIs are sorted by the samples they
+  # need so that chunks are homogeneous. RoIs needing more than max_samples take the per-sample gather path.
+  tiers = sorted({t for t in (1, 2, 4, max_samples) if t <= max_samples})
+  need = jnp.maximum(jnp.ceil(size_x / jnp.float32(output_size)), jnp.ceil(size_y / jnp.float32(output_size)))
+  branches = [lambda a, t=t: windowed(t, *a) for t in tiers] + [lambda a: sampled(*a)]
+
   def one_chunk(args):
-    sx, sy, wx_, hy_ = args[:4]
-    # RoIs needing more samples than the bound spread their samples beyond the window: such chunks take the
-    # (slower) per-sample gather path.
-    oversize = jnp.any((jnp.ceil(wx_ / output_size) > max_samples) | (jnp.ceil(hy_ / output_size) > max_samples))
-    return jax.lax.cond(oversize, lambda a: sampled(*a), lambda a: windowed(*a), args)
+    chunk_need, rest = args[0], args[1:]
+    tier = jnp.searchsorted(jnp.asarray(tiers, jnp.float32), jnp.max(chunk_need), side="left")
+    return jax.lax.switch(tier, branches, rest)
 
   num = boxes.shape[0]
   chunk = max(1, min(chunk_size, num))
   pad = (-num) % chunk
-  args = (start_x, start_y, size_x, size_y, width, height, base)
-  args = tuple(jnp.pad(a, (0, pad)) for a in args)
+  order = jnp.argsort(need)
+  args = (need, start_x, start_y, size_x, size_y, width, height, base)
+  args = tuple(jnp.pad(a[order], (0, pad)) for a in args)
   args = tuple(a.reshape(-1, chunk) for a in args)
   out = jax.lax.map(one_chunk, args)
   out = out.reshape(-1, output_size, output_size, channels)[:num]
+  out = jnp.zeros_like(out).at[order].set(out)
   return out.astype(dtype)
 
 
