@@ -7,14 +7,13 @@ by anchor index or (RoI, label), then boxes to 1e-3 px and scores to 1e-5.
 """
 
 import dataclasses
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Mapping, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from heads.detection import losses
 from heads.detection.mask_ops import mask_targets, paste_mask_probs
 from heads.detection.mask_rcnn_convert import convert_mask_rcnn_heads
 from heads.detection.proposals import ProposalConfig, image_proposals
@@ -159,7 +158,6 @@ def _run_case(arrays, meta, case, variables, report: Report) -> None:
   all_rois = np.concatenate(all_rois).astype(np.float32)
   model = build(meta, needed_samples(all_rois, strides, bbox_size), needed_samples(all_rois, strides, mask_size))
   s = model.settings
-  num_classes = cm["roi_head"]["bbox_head"]["num_classes"]
 
   # 1. Neck, RPN head, anchors.
   feats = [jnp.asarray(np.transpose(inp(f"feat{i}"), (0, 2, 3, 1))) for i in range(4)]
