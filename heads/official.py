@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from backbones.crossformer import convert as backbone_convert
+from heads.detection import mask_rcnn_convert
 
 Path = Tuple[str, ...]
 # (collection, path inside it, value) for a key that is used; None for a key that is dropped on purpose.
@@ -265,6 +266,9 @@ PREFIX_CONVERTERS: Dict[str, PrefixConverter] = {
     "decode_head": head_converter("decode_head"),
     "auxiliary_head": head_converter("auxiliary_head"),
     "bbox_head": head_converter("bbox_head"),
+    # Mask R-CNN (heads.detection.mask_rcnn_convert): roi_head.{bbox,mask}_head -> our bbox_head / mask_head.
+    "rpn_head": mask_rcnn_convert.prefix_converter("rpn_head"),
+    "roi_head": mask_rcnn_convert.prefix_converter("roi_head"),
 }
 
 
