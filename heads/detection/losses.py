@@ -69,3 +69,16 @@ def box_regression_loss(pred: jnp.ndarray, target: jnp.ndarray, loss_type: str =
   if loss_type == "smooth_l1":
     return smooth_l1_loss(pred, target, beta)
   raise ValueError(f"unknown box loss {loss_type!r}; expected one of {BOX_LOSS_TYPES}")
+
+
+def binary_cross_entropy_with_logits(logits: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
+  """``BCE-with-logits`` element-wise (mmdet's ``CrossEntropyLoss(use_sigmoid=True)`` / ``use_mask``), float32."""
+  logits = logits.astype(jnp.float32)
+  targets = targets.astype(jnp.float32)
+  return -(targets * jax.nn.log_sigmoid(logits) + (1.0 - targets) * jax.nn.log_sigmoid(-logits))
+
+
+def softmax_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+  """Softmax cross-entropy ``[...]`` of ``[..., C]`` logits against int ``labels`` (mmdet's ``CrossEntropyLoss``)."""
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]

@@ -20,7 +20,8 @@ class NmsResult(NamedTuple):
 
 
 def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, labels: jnp.ndarray, iou_threshold: float,
-                max_outputs: int, candidate_mask: Optional[jnp.ndarray] = None) -> NmsResult:
+                max_outputs: int, candidate_mask: Optional[jnp.ndarray] = None,
+                offset_by_label: bool = False) -> NmsResult:
   """Greedy per-class NMS of one image, keeping at most ``max_outputs`` boxes.
 
   Equivalent to mmcv's ``batched_nms`` followed by ``[:max_outputs]``: candidates are visited in descending
@@ -35,6 +36,8 @@ def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, labels: jnp.ndarray, io
     iou_threshold: IoU above which a lower-scored box of the same class is suppressed.
     max_outputs: the fixed number of output slots.
     candidate_mask: optional ``(K,)`` bool; False candidates are never kept.
+    offset_by_label: compute the IoUs on boxes shifted by ``label * (max coordinate + 1)`` (the maximum over
+      the live candidates), as mmcv's ``batched_nms`` does, so that float32 IoUs round exactly as mmcv's.
   """
   if boxes.ndim != 2 or scores.shape != boxes.shape[:1] or labels.shape != scores.shape:
     raise ValueError(f"expected boxes (K, 4), scores (K,), labels (K,); got {boxes.shape}, {scores.shape}, "
@@ -43,6 +46,11 @@ def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, labels: jnp.ndarray, io
   live = scores.astype(jnp.float32)
   alive = jnp.ones((num,), bool) if candidate_mask is None else candidate_mask.astype(bool)
   boxes = boxes.astype(jnp.float32)
+  if offset_by_label and num > 0:
+    max_coordinate = jnp.max(jnp.where(alive[:, None], boxes, -jnp.inf))
+    max_coordinate = jnp.where(jnp.isfinite(max_coordinate), max_coordinate, 0.0)
+    offsets = labels.astype(jnp.float32) * (max_coordinate + jnp.float32(1.0))
+    boxes = boxes + offsets[:, None]
   positions = jnp.arange(num)
 
   def step(i, state):
