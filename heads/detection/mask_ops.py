@@ -47,19 +47,11 @@ def _paste_axis(lo: jnp.ndarray, hi: jnp.ndarray, length: int, size: int) -> jnp
           + jnp.where(q[None, :] == (low + 1)[:, None], frac[:, None], 0.0))
 
 
-def paste_masks(mask_probs: jnp.ndarray, boxes: jnp.ndarray, image_shape, image_size=None,
-                threshold: float = 0.5) -> jnp.ndarray:
-  """Pastes ``(K, S, S)`` mask probabilities into ``(K, H, W)`` uint8 image masks.
+def paste_mask_probs(mask_probs: jnp.ndarray, boxes: jnp.ndarray, image_shape) -> jnp.ndarray:
+  """``(K, H, W)`` float32 samples of ``(K, S, S)`` probability maps pasted at their xyxy ``boxes``.
 
-  Pixel ``(i, j)`` samples the box's probability map bilinearly at its centre (``grid_sample``,
-  align_corners False, zero padding), then ``>= threshold``; pixels outside ``image_size`` are 0.
-
-  Args:
-    mask_probs: ``(K, S, S)`` probabilities (sigmoid of the label channel's logits).
-    boxes: ``(K, 4)`` xyxy boxes in the frame of the output.
-    image_shape: static ``(H, W)`` of the output.
-    image_size: optional ``(2,)`` valid ``(h, w)``; pixels beyond it are 0.
-    threshold: mmdet's ``mask_thr_binary``.
+  Pixel ``(i, j)`` samples the box's map bilinearly at its centre (``F.grid_sample``, align_corners False, zero
+  padding), as mmdet's ``_do_paste_mask``; ``image_shape`` is the static ``(H, W)`` of the output.
   """
   height, width = int(image_shape[0]), int(image_shape[1])
   size = mask_probs.shape[-1]
@@ -69,10 +61,17 @@ def paste_masks(mask_probs: jnp.ndarray, boxes: jnp.ndarray, image_shape, image_
     prob, box = args
     wy = _paste_axis(box[1], box[3], height, size)
     wx = _paste_axis(box[0], box[2], width, size)
-    sample = jnp.einsum("hp,pq,wq->hw", wy, prob.astype(jnp.float32), wx, precision=jax.lax.Precision.HIGHEST)
-    return sample >= threshold
+    return jnp.einsum("hp,pq,wq->hw", wy, prob.astype(jnp.float32), wx, precision=jax.lax.Precision.HIGHEST)
 
-  masks = jax.lax.map(one, (mask_probs, boxes), batch_size=min(8, max(boxes.shape[0], 1)))
+  return jax.lax.map(one, (mask_probs, boxes), batch_size=min(8, max(boxes.shape[0], 1)))
+
+
+def paste_masks(mask_probs: jnp.ndarray, boxes: jnp.ndarray, image_shape, image_size=None,
+                threshold: float = 0.5) -> jnp.ndarray:
+  """Pastes ``(K, S, S)`` mask probabilities into ``(K, H, W)`` uint8 image masks (``paste_mask_probs``, then
+  ``>= threshold``, mmdet's ``mask_thr_binary``); pixels outside the optional ``(2,)`` ``image_size`` are 0."""
+  height, width = int(image_shape[0]), int(image_shape[1])
+  masks = paste_mask_probs(mask_probs, boxes, image_shape) >= threshold
   if image_size is not None:
     rows = jnp.arange(height)[:, None] < image_size[0]
     cols = jnp.arange(width)[None, :] < image_size[1]

@@ -307,6 +307,8 @@ def rcnn_loss_terms(cls_logits: jnp.ndarray, label_deltas: jnp.ndarray, labels: 
   ``labels`` are foreground classes for positives (anything for negatives, which take the background class).
   """
   num_classes = cls_logits.shape[-1] - 1
+  valid = jnp.asarray(valid) > 0
+  is_pos = jnp.asarray(is_pos) > 0
   target = jnp.where(is_pos, labels, num_classes)
   cls = losses.weighted_sum(losses.softmax_cross_entropy(cls_logits, target), valid)
   box = losses.weighted_sum(losses.l1_loss(label_deltas, box_targets), is_pos)
