@@ -10,7 +10,7 @@ keep-ratio resize, flip, pad to 32, instance masks through the pipeline) at a sm
 and mask AP and writes ``coco_bbox_detections.json``, ``coco_segm_detections.json`` (RLE masks),
 ``eval_results.json`` and ``detections.png`` (masks as coloured overlays) into the workdir.
 
-Scale: images resized keep-ratio into 256 x 256 (one padded bucket); a 32-wide CrossFormer with one block per
+Scale: images resized keep-ratio into 192 x 192 (one padded bucket; the synthetic images are 96 to 192 pixels); a 32-wide CrossFormer with one block per
 stage, a 32-channel FPN / RPN, a 64-wide box head and a 2-conv 32-channel mask head; fewer proposals and RoI
 samples than the full recipe (the images hold at most four objects).
 """
@@ -28,7 +28,7 @@ def get_config():
   config.max_checkpoints_to_keep = 1
   config.synthetic_data = dict(num_train=128, num_val=32, seed=0, manual_dir=None)
   config.dataset = detection_base.dataset_config(
-      image_scale=(256, 256), bucket_aspect_ratios=(1.0,), max_boxes=8, with_masks=True)
+      image_scale=(192, 192), bucket_aspect_ratios=(1.0,), max_boxes=8, with_masks=True)
   config.model.backbone = common.backbone_config(
       "s", group_sizes=(8, 8, 8, 8), intervals=(8, 4, 2, 1), embed_dim=32, depths=(1, 1, 1, 1),
       num_heads=(1, 2, 4, 8))
@@ -38,11 +38,11 @@ def get_config():
   config.model.bbox_head.fc_out_channels = 64
   config.model.mask_head.conv_out_channels = 32
   config.model.mask_head.num_convs = 2
-  config.model.train_cfg.rpn_nms_pre = 500
-  config.model.train_cfg.rpn_max_per_img = 200
-  config.model.train_cfg.rcnn_num = 128
-  config.model.test_cfg.rpn_nms_pre = 300
-  config.model.test_cfg.rpn_max_per_img = 100
+  config.model.train_cfg.rpn_nms_pre = 200
+  config.model.train_cfg.rpn_max_per_img = 100
+  config.model.train_cfg.rcnn_num = 64
+  config.model.test_cfg.rpn_nms_pre = 200
+  config.model.test_cfg.rpn_max_per_img = 50
   config.model.test_cfg.max_per_img = 20
   config.optimizer = common.adamw(weight_decay=1e-4)
   config.lr_schedule = common.step_schedule(base_lr=5e-4, milestones=(), gamma=0.1, warmup_steps=20,
