@@ -157,3 +157,29 @@ def test_stock_coco_has_no_masks_and_says_where_to_go(tmp_path):
   assert "coco/2017 builder stores boxes but no instance masks" in message
   assert "--config.dataset.builder=coco_tree" in message
   assert "python -m projects.detection.data.prepare_coco --builder coco_tree" in message
+
+
+def test_a_build_without_masks_serves_detection_but_not_mask_jobs(tmp_path):
+  """A dataset prepared by coco_tree 1.0.0 (before masks) keeps working for RetinaNet; a mask job says what to do."""
+  from projects.detection.data import coco_builder  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class CocoTreeV1(coco_builder.CocoTree, skip_registration=True):
+    __module__ = coco_builder.__name__  # tfds reads the builder's package resources
+    name = "coco_tree"
+    VERSION = tfds.core.Version("1.0.0")
+    SUPPORTED_VERSIONS = []
+
+  manual_dir, data_dir = str(tmp_path / "tree"), str(tmp_path / "tfds")
+  make_synthetic_coco.make_synthetic_coco(manual_dir, num_train=4, num_val=2, seed=2)
+  CocoTreeV1(data_dir=data_dir).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
+      file_format=tfds.core.file_adapters.FileFormat.ARRAY_RECORD)
+  builder = coco_source.make_builder({"builder": "coco_tree", "data_dir": data_dir})
+  assert str(builder.version) == "1.0.0" and not builder.has_masks
+  batch = next(input_pipeline.get_dataset(_config(data_dir, max_boxes=4), process_index=0,
+                                          process_count=1).train_iter_fn(0))
+  assert "masks" not in batch["label"] and (batch["label"]["labels"] >= 0).any()
+  with pytest.raises(coco_source.DatasetNotPreparedError, match=r"prepared only as version 1\.0\.0, which "
+                     r"stores no instance masks.*\n  python -m projects\.detection\.data\.prepare_coco"):
+    input_pipeline.get_dataset(_config(data_dir, with_masks=True), process_index=0, process_count=1)
