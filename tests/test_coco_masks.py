@@ -183,3 +183,7 @@ def test_a_build_without_masks_serves_detection_but_not_mask_jobs(tmp_path):
   with pytest.raises(coco_source.DatasetNotPreparedError, match=r"prepared only as version 1\.0\.0, which "
                      r"stores no instance masks.*\n  python -m projects\.detection\.data\.prepare_coco"):
     input_pipeline.get_dataset(_config(data_dir, with_masks=True), process_index=0, process_count=1)
+  prepare_coco.prepare({"builder": "coco_tree", "manual_dir": manual_dir, "data_dir": data_dir})  # as told
+  batch = next(input_pipeline.get_dataset(_config(data_dir, max_boxes=4, with_masks=True), process_index=0,
+                                          process_count=1).train_iter_fn(0))
+  assert batch["label"]["masks"].shape[:2] == (4, 4) and batch["label"]["masks"].any()

@@ -66,12 +66,12 @@ class MasksNotAvailableError(ValueError):
   """A job that needs instance masks was pointed at a dataset that stores none."""
 
 
-def make_builder(dataset_config: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
+def make_builder(dataset_config: Mapping[str, Any], latest: bool = False) -> tfds.core.DatasetBuilder:
   """The tfds builder of ``dataset_config.builder`` (``coco_tree`` or ``coco/2017``) in ``data_dir``.
 
   ``coco_tree`` is the newest version (with masks); unless ``dataset_config.with_masks`` is set, an older
   build without masks (1.0.0) is used when only that one is prepared, so existing detection datasets keep
-  working.
+  working. ``latest``: always the newest version (the one ``prepare_coco`` builds).
 
   Raises:
     MasksNotAvailableError: ``with_masks`` with the stock ``coco/2017`` builder (it has no masks).
@@ -83,7 +83,7 @@ def make_builder(dataset_config: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
   if name == TREE_BUILDER:
     config = tree_config(dataset_config)
     builder = coco_builder.CocoTree(config=config, data_dir=data_dir)
-    if not builder.is_prepared():
+    if not latest and not builder.is_prepared():
       for version in coco_builder.CocoTree.SUPPORTED_VERSIONS:
         older = coco_builder.CocoTree(config=config, data_dir=data_dir, version=str(version))
         if older.is_prepared() and (older.has_masks or not with_masks):
