@@ -26,8 +26,8 @@ from projects.common import config_utils
 from projects.common import evaluation
 from projects.common import sharding
 from projects.common import trainer
-from projects.detection import visualize
 from projects.common.base_model import BaseModel
+from projects.detection import visualize
 from projects.detection.evaluation import CocoEvaluator
 from projects.detection.mask_rcnn import MaskRCNNModel
 from projects.detection.model import RetinaNetModel
