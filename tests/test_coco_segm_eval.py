@@ -160,3 +160,17 @@ def test_paste_matches_grid_sample_reference():
   for k in range(3):
     np.testing.assert_array_equal(pasted[k], _grid_sample_paste(probs[k], boxes[k], (24, 20)))
   assert pasted[2, 1:8, 11:20].all() and not pasted[2, 9:].any() and not pasted[2, :, :10].any()
+
+
+def test_host_paste_equals_the_models_jax_paste():
+  """The evaluator's numpy paste and the model's jitted ``heads.detection.mask_ops.paste_masks`` agree."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from heads.detection.mask_ops import paste_masks  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  probs = rng.uniform(size=(12, 28, 28)).astype(np.float32)
+  corners = rng.uniform(-5, 60, size=(12, 2))
+  boxes = np.concatenate([corners, corners + rng.uniform(1, 50, size=(12, 2))], 1).astype(np.float32)
+  expected = np.asarray(paste_masks(jnp.asarray(probs), jnp.asarray(boxes), (70, 90)))
+  pasted = mask_paste.paste_masks_numpy(probs, boxes, (70, 90))
+  assert expected.sum() > 1000
+  np.testing.assert_array_equal(pasted, expected)
