@@ -12,7 +12,14 @@ and mask AP and writes ``coco_bbox_detections.json``, ``coco_segm_detections.jso
 
 Scale: images resized keep-ratio into 192 x 192 (one padded bucket; the synthetic images are 96 to 192 pixels); a 32-wide CrossFormer with one block per
 stage, a 32-channel FPN / RPN, a 64-wide box head and a 2-conv 32-channel mask head; fewer proposals and RoI
-samples than the full recipe (the images hold at most four objects).
+samples than the full recipe (the images hold at most four objects): 1.3 CPU-seconds per training step.
+
+Schedule: the 1x recipe's shape at a small scale -- 12 epochs of the 127 training images with objects at batch
+8 (192 steps), learning rate x0.1 after epochs 8 and 11, a 20-step warm-up, AdamW 5e-4; evaluation after
+epochs 6 and 12. Measured (2 CPU cores shared with other jobs, load ~25): box AP 0.573 (AP50 0.694), mask AP
+0.588 (AP50 0.714, AP75 0.653) on the 32 validation images; 0.440 / 0.491 after epoch 6. 337 CPU-seconds in
+all (205 user + 132 system: data generation and preparation, compilation, training, two evaluations); the
+wall time of 31 min was set by the load, not measurable here on an idle machine.
 """
 
 from configs import common
