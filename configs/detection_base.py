@@ -29,7 +29,7 @@ location, scale 8, strides 4-64), RoIAlign 7x7 / 14x14 (``finest_scale`` 56), Sh
 4-conv FCN mask head (256, 28x28 masks); mmdet 2.x ``train_cfg``/``test_cfg`` (RPN 256 / 0.5 samples, 2000
 pre-NMS proposals in training and 1000 at test, NMS 0.7, 1000 proposals; R-CNN 512 / 0.25 samples; score > 0.05,
 NMS 0.5, 100 detections, mask threshold 0.5). Evaluation: COCO ``bbox`` and ``segm``. Official results: S 45.4
-box / 41.4 mask AP (50.2 M parameters), B 47.2 / 42.7.
+box / 41.4 mask AP (50.2 M parameters), B 47.2 / 42.7 (71.5 M).
 
 Epochs -> steps: the shared trainer counts optimizer steps (``num_training_steps``, ``lr_schedule.milestones``).
 A config with ``num_epochs > 0`` is converted by the job (``projects.detection.train.resolve_epoch_schedule``)
@@ -60,6 +60,9 @@ from configs import common
 # COCO train2017: 118,287 images, of which 117,266 have at least one annotation (mmdet's filter_empty_gt).
 COCO_TRAIN_IMAGES = 117_266
 DETECTION_VARIANTS = ("s", "b")
+# Released RetinaNet models (detection/README.md of github.com/cheerss/CrossFormer; Google Drive file ids).
+OFFICIAL_RETINANET = {"s": "1OEEottS4fYGVZcPZG6WuBlKMK0tZLPZW", "b": "1TOuLLf_S4Ixo6COvaHQAocACR4NKKnGz"}
+OFFICIAL_MASK_RCNN = {"s": "1qgO3-wnsJQw9Nj304AOj-TjVyadPPtvf", "b": "1urkCa8Inss9CL1G1OgM4tWR5PSf6Ofn4"}
 
 
 def epochs_to_steps(epochs: float, num_images: int, batch_size: int) -> int:
@@ -96,7 +99,9 @@ def retinanet_model_config(variant: str) -> ml_collections.ConfigDict:
                      pad_size_divisor=32),
       loss=dict(focal_gamma=2.0, focal_alpha=0.25, cls_weight=1.0, box_loss="l1", smooth_l1_beta=1.0 / 9.0,
                 box_weight=1.0),
-      test_cfg=dict(nms_pre=1000, score_thr=0.05, iou_threshold=0.5, max_per_img=100),
+      # version "mmdet2": the official repository's mmdetection 2.8 post-processing ("mmdet3": 3.x's).
+      test_cfg=dict(nms_pre=1000, score_thr=0.05, iou_threshold=0.5, max_per_img=100, min_bbox_size=0.0,
+                    version="mmdet2"),
   ))
 
 
@@ -153,6 +158,9 @@ def retinanet(variant: str) -> ml_collections.ConfigDict:
   config.lr_schedule = common.step_schedule(base_lr=1e-4, milestones=(), gamma=0.1, warmup_steps=500,
                                             warmup_ratio=0.001)
   epoch_schedule(config, num_epochs=12, milestone_epochs=(8, 11), num_images=COCO_TRAIN_IMAGES)
+  # The released checkpoint (the README names no file: save the download under this name).
+  config.official_checkpoint = f"retinanet_crossformer_{variant}_fpn_1x_coco.pth"
+  config.official_checkpoint_url = f"https://drive.google.com/file/d/{OFFICIAL_RETINANET[variant]}/view"
   return config
 
 
@@ -166,4 +174,6 @@ def mask_rcnn(variant: str) -> ml_collections.ConfigDict:
   # Instance bitmaps are M x H x W bytes per image on the host (100 x 800 x 1344: 108 MB): keep one batch
   # in flight rather than two.
   config.dataset.prefetch = 1
+  config.official_checkpoint = f"mask_rcnn_crossformer_{variant}_fpn_1x_coco.pth"
+  config.official_checkpoint_url = f"https://drive.google.com/file/d/{OFFICIAL_MASK_RCNN[variant]}/view"
   return config

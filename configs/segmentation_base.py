@@ -35,6 +35,23 @@ from ml_collections import config_dict
 from configs import common
 
 NUM_CLASSES = 150
+# Released ADE20K models (segmentation/README.md of github.com/cheerss/CrossFormer; Google Drive file ids). The
+# README names no files: ``official_checkpoint`` is the name the docs tell users to save the download as.
+OFFICIAL_FPN = {"s": "1I-zpGG5rvkTtrTUnOF8Fx11yeb6pXGYi", "b": "1EjAnRc8Sau0un1ymqDVhFebHPeBIjukK",
+                "l": "12WS9lX9yR5skxdt3N2HE3b2EaDSMwUMY"}
+OFFICIAL_UPERNET = {"s": "1VKu4D6oxYdO1VVILLMhOQy8oCxKGH5gx", "b": "1B8VTNeidrzlfsOkQUKgmX4m_UfCIm58i",
+                    "l": "1I9ph5MeCwlTF2PNCkIYMFXYsdywp9nU1"}
+DRIVE_URL = "https://drive.google.com/file/d/{}/view"
+
+
+def set_official_checkpoint(config: ml_collections.ConfigDict, name: str, drive_ids, variant: str) -> None:
+  """``config.official_checkpoint`` (file name) and ``official_checkpoint_url`` (None: nothing released)."""
+  released = variant in drive_ids
+  config.official_checkpoint = config_dict.placeholder(str) if not released else f"{name}.pth"
+  config.official_checkpoint_url = (config_dict.placeholder(str) if not released
+                                    else DRIVE_URL.format(drive_ids[variant]))
+
+
 FPN_V1_GROUPS = {"s": ((14, 14, 7, 7), (16, 8, 2, 1)), "l": ((14, 14, 7, 7), (16, 8, 2, 1))}
 
 
@@ -86,6 +103,7 @@ def semantic_fpn(variant: str, group_sizes: Optional[Sequence[int]] = None,
       type="semantic_fpn", channels=128, feature_strides=(4, 8, 16, 32), dropout=0.1, norm="batch"))
   config.optimizer = common.adamw(weight_decay=1e-4)
   config.lr_schedule = common.poly_schedule(base_lr=1e-4, power=0.9, min_lr=0.0)
+  set_official_checkpoint(config, f"fpn_crossformer_{variant}_ade20k", OFFICIAL_FPN, variant)
   return config
 
 
@@ -100,4 +118,5 @@ def upernet(variant: str) -> ml_collections.ConfigDict:
   config.optimizer = common.adamw(weight_decay=0.01, b1=0.9, b2=0.999)
   config.lr_schedule = common.poly_schedule(base_lr=6e-5, power=1.0, min_lr=0.0, warmup_steps=1500,
                                             warmup_ratio=1e-6)
+  set_official_checkpoint(config, f"upernet_crossformer_{variant}_ade20k", OFFICIAL_UPERNET, variant)
   return config

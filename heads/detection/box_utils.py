@@ -7,6 +7,7 @@ in detection here; ``cxcywh`` is ``[cx, cy, w, h]``. As in mmdet 2.x (and unlike
 
 from typing import Any, Tuple, Union
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -52,6 +53,8 @@ def box_iou(boxes1: Array, boxes2: Array, np_backbone: PyModule = jnp, all_pairs
     raise ValueError(f"boxes must end in 4 coordinates, got shapes {boxes1.shape} and {boxes2.shape}")
   area1 = box_area(boxes1)
   area2 = box_area(boxes2)
+  if np_backbone is jnp:  # see below: keep mmdet's float32 rounding (no fused multiply-add)
+    area1, area2 = jax.lax.optimization_barrier((area1, area2))
   if all_pairs:
     lt = np_backbone.maximum(boxes1[..., :, None, :2], boxes2[..., None, :, :2])
     rb = np_backbone.minimum(boxes1[..., :, None, 2:], boxes2[..., None, :, 2:])
@@ -64,6 +67,10 @@ def box_iou(boxes1: Array, boxes2: Array, np_backbone: PyModule = jnp, all_pairs
     area_sum = area1 + area2
   wh = np_backbone.clip(rb - lt, 0.0, None)
   intersection = wh[..., 0] * wh[..., 1]
+  if np_backbone is jnp:
+    # mmdet's float32 operation order exactly: no product may be fused into the following add/subtract (an
+    # FMA rounds differently, which decides exact IoU ties, e.g. the low-quality matches of the assigner).
+    area_sum, intersection = jax.lax.optimization_barrier((area_sum, intersection))
   union = np_backbone.maximum(area_sum - intersection, eps)
   return intersection / union, union
 

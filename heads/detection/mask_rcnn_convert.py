@@ -89,3 +89,18 @@ def convert_mask_rcnn_heads(state_dict: Mapping[str, Any]) -> Tuple[Dict[str, An
       raise ValueError(f"two official keys map to {path} (second: {key!r})")
     node[parts[-1]] = np.ascontiguousarray(transform(np.asarray(value, np.float32)))
   return params, skipped
+
+
+def prefix_converter(prefix: str) -> Callable[[str, np.ndarray], Tuple[str, Tuple[str, ...], np.ndarray]]:
+  """A ``heads.official.PREFIX_CONVERTERS`` entry for ``prefix`` (``rpn_head`` or ``roi_head``) from ``RULES``.
+
+  It maps the key without its prefix to ``("params", path, converted value)`` and raises ``KeyError`` for a key
+  no rule knows.
+  """
+  def convert(key: str, value: np.ndarray):
+    try:
+      path, transform = map_key(f"{prefix}.{key}")
+    except ValueError:
+      raise KeyError(key) from None
+    return "params", tuple(path.split("/")), np.ascontiguousarray(transform(np.asarray(value, np.float32)))
+  return convert

@@ -19,15 +19,23 @@ class NmsResult(NamedTuple):
   valid: jnp.ndarray
 
 
+# mmcv ``batched_nms``: below this many candidates classes are separated by coordinate offsets (one NMS over
+# shifted boxes), from it on by running NMS class by class on the original boxes.
+SPLIT_THR = 10000
+
+
 def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, labels: jnp.ndarray, iou_threshold: float,
                 max_outputs: int, candidate_mask: Optional[jnp.ndarray] = None,
-                offset_by_label: bool = False) -> NmsResult:
+                split_thr: int = SPLIT_THR) -> NmsResult:
   """Greedy per-class NMS of one image, keeping at most ``max_outputs`` boxes.
 
   Equivalent to mmcv's ``batched_nms`` followed by ``[:max_outputs]``: candidates are visited in descending
   score order; one is kept unless a kept candidate of the same label overlaps it with IoU ``> iou_threshold``.
   Each of the ``max_outputs`` steps picks the best live candidate and suppresses its same-label neighbours, so
   the cost is ``O(max_outputs * K)`` and never builds a ``K x K`` matrix. Use ``jax.vmap`` for a batch.
+
+  As mmcv, with fewer than ``split_thr`` candidates the IoUs are computed (float32) on boxes shifted by
+  ``label * (max coordinate + 1)``, which rounds them as mmcv does; otherwise on the original boxes.
 
   Args:
     boxes: ``(K, 4)`` xyxy candidates.
@@ -36,8 +44,6 @@ def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, labels: jnp.ndarray, io
     iou_threshold: IoU above which a lower-scored box of the same class is suppressed.
     max_outputs: the fixed number of output slots.
     candidate_mask: optional ``(K,)`` bool; False candidates are never kept.
-    offset_by_label: compute the IoUs on boxes shifted by ``label * (max coordinate + 1)`` (the maximum over
-      the live candidates), as mmcv's ``batched_nms`` does, so that float32 IoUs round exactly as mmcv's.
   """
   if boxes.ndim != 2 or scores.shape != boxes.shape[:1] or labels.shape != scores.shape:
     raise ValueError(f"expected boxes (K, 4), scores (K,), labels (K,); got {boxes.shape}, {scores.shape}, "
@@ -46,12 +52,12 @@ def batched_nms(boxes: jnp.ndarray, scores: jnp.ndarray, labels: jnp.ndarray, io
   live = scores.astype(jnp.float32)
   alive = jnp.ones((num,), bool) if candidate_mask is None else candidate_mask.astype(bool)
   boxes = boxes.astype(jnp.float32)
-  if offset_by_label and num > 0:
-    max_coordinate = jnp.max(jnp.where(alive[:, None], boxes, -jnp.inf))
-    max_coordinate = jnp.where(jnp.isfinite(max_coordinate), max_coordinate, 0.0)
-    offsets = labels.astype(jnp.float32) * (max_coordinate + jnp.float32(1.0))
-    boxes = boxes + offsets[:, None]
   positions = jnp.arange(num)
+  if num > 0:
+    count = alive.sum()
+    max_coordinate = jnp.max(jnp.where(alive[:, None], boxes, -jnp.inf))
+    offsets = labels.astype(jnp.float32) * (max_coordinate + jnp.float32(1.0))
+    boxes = boxes + jnp.where((count > 0) & (count < split_thr), offsets, 0.0)[:, None]
 
   def step(i, state):
     alive, indices, valid = state

@@ -82,7 +82,7 @@ def image_proposals(logits: Sequence[jnp.ndarray], deltas: Sequence[jnp.ndarray]
   else:
     valid = jnp.ones(w.shape, bool)
   keep = batched_nms(boxes, cand["scores"], cand["levels"], cfg.iou_threshold, cfg.max_per_img,
-                     candidate_mask=valid, offset_by_label=True)
+                     candidate_mask=valid)
   out = {k: v[keep.indices] for k, v in cand.items()}
   out = {k: jnp.where(keep.valid.reshape(-1, *([1] * (v.ndim - 1))), v, 0) for k, v in out.items()}
   out["valid"] = keep.valid

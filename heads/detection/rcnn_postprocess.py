@@ -61,8 +61,7 @@ def rcnn_detections(cls_logits: jnp.ndarray, deltas: jnp.ndarray, rois: jnp.ndar
   scores = scores.reshape(-1)
   labels = jnp.tile(jnp.arange(num_classes, dtype=jnp.int32), num_rois)
   candidates = (scores > cfg.score_thr) & jnp.repeat(roi_valid, num_classes)
-  keep = batched_nms(boxes, scores, labels, cfg.iou_threshold, cfg.max_per_img, candidate_mask=candidates,
-                     offset_by_label=True)
+  keep = batched_nms(boxes, scores, labels, cfg.iou_threshold, cfg.max_per_img, candidate_mask=candidates)
   v = keep.valid
   return {
       "boxes": jnp.where(v[:, None], boxes[keep.indices], 0.0),

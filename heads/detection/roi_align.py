@@ -8,9 +8,12 @@ outside the map, clamped to the edge within it), the bin the mean of its ``g_h *
 zero-size RoI). Bilinear weights and the border rules factor over the two axes, so a bin is
 ``sum_{y, x} wy[y] * wx[x] * F[y, x]`` with per-axis weights.
 
-``roi_align`` (feature maps) gathers the two neighbours of at most ``max_samples`` samples per bin and axis:
-exact whenever ``ceil(size / out) <= max_samples`` (every RoI of a usual aspect ratio at its mapped level);
-a larger RoI is averaged over ``max_samples`` evenly spaced samples per bin instead.
+``roi_align`` (feature maps) takes at most ``max_samples`` samples per bin and axis: exact whenever
+``ceil(size / out) <= max_samples`` (every RoI of a usual aspect ratio at its mapped level); such a RoI's
+samples lie in a window of ``out * samples + 3`` map pixels per axis, which is gathered once and reduced
+with per-axis weight matrices. RoIs are sorted by the samples they need and processed in chunks, each with the
+smallest window (1, 2, 4 or ``max_samples`` samples) its RoIs fit. A larger RoI is averaged over
+``max_samples`` evenly spaced samples per bin instead (gathered sample by sample).
 ``roi_align_dense`` (single-channel maps such as instance bitmaps) builds the full per-axis weight matrices
 and is exact for any RoI size.
 """
@@ -70,7 +73,7 @@ def _axis_weights(start: jnp.ndarray, size: jnp.ndarray, length: jnp.ndarray, ou
 
 def roi_align(features: Sequence[jnp.ndarray], boxes: jnp.ndarray, batch_index: jnp.ndarray,
               levels: jnp.ndarray, strides: Sequence[int], output_size: int, max_samples: int = 4,
-              chunk_size: int = 256) -> jnp.ndarray:
+              chunk_size: int = 64) -> jnp.ndarray:
   """mmcv ``RoIAlign(output_size, spatial_scale=1/stride, sampling_ratio=0, aligned=True)`` over levels.
 
   Args:
@@ -109,29 +112,63 @@ def roi_align(features: Sequence[jnp.ndarray], boxes: jnp.ndarray, batch_index: 
   size_x = (boxes[:, 2] * scale - jnp.float32(0.5)) - start_x
   size_y = (boxes[:, 3] * scale - jnp.float32(0.5)) - start_y
 
-  def one_chunk(args):
-    sx, sy, wx_, hy_, w_, h_, base_ = args
+  def window_weights(idx, weight, start, length, k_win):
+    """Per-axis weights on a window of ``k_win`` map pixels from the first sample's low neighbour."""
+    first = jnp.minimum(jnp.floor(jnp.maximum(start, 0.0)).astype(jnp.int32), length - 1)
+    offset = idx - first[:, None, None, None]
+    onehot = offset[..., None] == jnp.arange(k_win)
+    dense = (weight[..., None] * onehot).sum(axis=(2, 3))  # (r, out, k_win)
+    rows = jnp.minimum(first[:, None] + jnp.arange(k_win)[None, :], length[:, None] - 1)
+    return dense, rows
+
+  def windowed(samples, sx, sy, wx_, hy_, w_, h_, base_):
+    # Exact when every RoI of the chunk needs <= samples per bin: its samples' neighbours lie in a window of
+    # out * samples + 3 pixels per axis.
+    k_win = output_size * samples + 3
+    iy, wy, gy = _axis_weights(sy, hy_, h_, output_size, samples)
+    ix, wx, gx = _axis_weights(sx, wx_, w_, output_size, samples)
+    dy, rows = window_weights(iy, wy, sy, h_, k_win)
+    dx, cols = window_weights(ix, wx, sx, w_, k_win)
+    flat = base_[:, None, None] + rows[:, :, None] * w_[:, None, None] + cols[:, None, :]
+    values = table[flat]  # (r, k_win, k_win, C)
+    pooled = jnp.einsum("rpy,ryxc->rpxc", dy, values, precision=jax.lax.Precision.HIGHEST)
+    pooled = jnp.einsum("rqx,rpxc->rpqc", dx, pooled, precision=jax.lax.Precision.HIGHEST)
+    count = jnp.maximum(gy * gx, 1).astype(jnp.float32)
+    return pooled / count[:, None, None, None]
+
+  def sampled(sx, sy, wx_, hy_, w_, h_, base_):
     iy, wy, gy = _axis_weights(sy, hy_, h_, output_size, max_samples)
     ix, wx, gx = _axis_weights(sx, wx_, w_, output_size, max_samples)
     r = sx.shape[0]
-    rows = iy.reshape(r, -1)  # (r, out * S * 2)
-    cols = ix.reshape(r, -1)
-    flat = base_[:, None, None] + rows[:, :, None] * w_[:, None, None] + cols[:, None, :]
-    values = table[flat]  # (r, Ky, Kx, C)
+    flat = base_[:, None, None] + iy.reshape(r, -1)[:, :, None] * w_[:, None, None] + ix.reshape(r, -1)[:, None, :]
+    values = table[flat]  # (r, out * S * 2, out * S * 2, C)
     pooled = jnp.einsum("ry,rx,ryxc->ryxc", wy.reshape(r, -1), wx.reshape(r, -1), values)
     k = max_samples * 2
     pooled = pooled.reshape(r, output_size, k, output_size, k, channels).sum(axis=(2, 4))
     count = jnp.maximum(gy * gx, 1).astype(jnp.float32)
     return pooled / count[:, None, None, None]
 
+  # Window tiers: a chunk takes the smallest window its largest RoI fits; RoIs are sorted by the samples they
+  # need so that chunks are homogeneous. RoIs needing more than max_samples take the per-sample gather path.
+  tiers = sorted({t for t in (1, 2, 4, max_samples) if t <= max_samples})
+  need = jnp.maximum(jnp.ceil(size_x / jnp.float32(output_size)), jnp.ceil(size_y / jnp.float32(output_size)))
+  branches = [lambda a, t=t: windowed(t, *a) for t in tiers] + [lambda a: sampled(*a)]
+
+  def one_chunk(args):
+    chunk_need, rest = args[0], args[1:]
+    tier = jnp.searchsorted(jnp.asarray(tiers, jnp.float32), jnp.max(chunk_need), side="left")
+    return jax.lax.switch(tier, branches, rest)
+
   num = boxes.shape[0]
   chunk = max(1, min(chunk_size, num))
   pad = (-num) % chunk
-  args = (start_x, start_y, size_x, size_y, width, height, base)
-  args = tuple(jnp.pad(a, (0, pad)) for a in args)
+  order = jnp.argsort(need)
+  args = (need, start_x, start_y, size_x, size_y, width, height, base)
+  args = tuple(jnp.pad(a[order], (0, pad)) for a in args)
   args = tuple(a.reshape(-1, chunk) for a in args)
   out = jax.lax.map(one_chunk, args)
   out = out.reshape(-1, output_size, output_size, channels)[:num]
+  out = jnp.zeros_like(out).at[order].set(out)
   return out.astype(dtype)
 
 

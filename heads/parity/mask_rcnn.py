@@ -6,14 +6,14 @@ losses), so that each comparison tests one stage. Lists (proposals, detections) 
 by anchor index or (RoI, label), then boxes to 1e-3 px and scores to 1e-5.
 """
 
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+import dataclasses
+from typing import Any, Mapping, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from heads.detection import losses
 from heads.detection.mask_ops import mask_targets, paste_mask_probs
 from heads.detection.mask_rcnn_convert import convert_mask_rcnn_heads
 from heads.detection.proposals import ProposalConfig, image_proposals
@@ -24,13 +24,14 @@ from heads.detection.rpn_head import RPNHead
 from heads.detection.sampler import SamplerConfig
 from heads.fpn import FPN
 from heads.parity.report import BOX_TOL, SCORE_TOL, Report
-from projects.detection.mask_rcnn import (MaskRCNN, MaskRCNNSettings, mask_loss_sum, rcnn_loss_terms,
-                                          rpn_loss_terms)
+from projects.detection.mask_rcnn import (MaskRCNN, MaskRCNNSettings, loss_terms, mask_loss_sum,
+                                          rcnn_loss_terms, rpn_loss_terms)
 from heads.detection.anchors import AnchorGenerator
 from heads.detection.assigner import MaxIoUAssigner
 from heads.detection.box_coder import DeltaXYWHBBoxCoder
 
 NEAR_THRESHOLD = 1e-5
+_PASTE = jax.jit(paste_mask_probs, static_argnums=2)
 
 
 class _NoBackbone(nn.Module):
@@ -44,7 +45,7 @@ def _nchw(x: Any) -> np.ndarray:
   return np.transpose(np.asarray(x), (0, 3, 1, 2))
 
 
-def build(meta: Mapping[str, Any], roi_max_samples: int) -> MaskRCNN:
+def build(meta: Mapping[str, Any], roi_max_samples: int, mask_roi_max_samples: int) -> MaskRCNN:
   """The network of the fixture's ``mm_config`` (widths, classes and train/test settings)."""
   c = meta["mm_config"]
   rpn, roi, train, test = c["rpn_head"], c["roi_head"], c["train_cfg"], c["test_cfg"]
@@ -74,7 +75,8 @@ def build(meta: Mapping[str, Any], roi_max_samples: int) -> MaskRCNN:
       roi_strides=tuple(roi["bbox_roi_extractor"]["featmap_strides"]),
       bbox_roi_size=roi["bbox_roi_extractor"]["roi_layer"]["output_size"],
       mask_roi_size=roi["mask_roi_extractor"]["roi_layer"]["output_size"],
-      mask_size=train["rcnn"]["mask_size"], roi_max_samples=roi_max_samples)
+      mask_size=train["rcnn"]["mask_size"], roi_max_samples=roi_max_samples,
+      mask_roi_max_samples=mask_roi_max_samples)
   neck = c["neck"]
   return MaskRCNN(
       backbone=_NoBackbone(),
@@ -92,6 +94,19 @@ def needed_samples(rois: np.ndarray, strides: Sequence[int], output_size: int) -
   scale = np.float32(1.0) / np.asarray(strides, np.float32)[levels]
   size = np.maximum(rois[:, 2:] * scale[:, None] - rois[:, :2] * scale[:, None], 0)
   return int(max(1, np.ceil(size / np.float32(output_size)).max())) if len(rois) else 1
+
+
+def _padded(fn, rows: int):
+  """``fn(boxes, batch_index)`` on RoIs zero-padded to a multiple of ``rows`` (fewer compiled shapes)."""
+  def call(boxes, batch_index):
+    n = len(boxes)
+    size = max(rows, -(-n // rows) * rows)
+    b = np.zeros((size, 4), np.float32)
+    b[:n] = boxes
+    i = np.zeros(size, np.int32)
+    i[:n] = batch_index
+    return jax.tree.map(lambda x: np.asarray(x)[:n], fn(jnp.asarray(b), jnp.asarray(i)))
+  return call
 
 
 def _match(report: Report, name: str, keys_ours: np.ndarray, keys_ref: np.ndarray,
@@ -141,10 +156,8 @@ def _run_case(arrays, meta, case, variables, report: Report) -> None:
     for key in ("proposals", "proposals_mmdet2", "det", "mask"):
       all_rois.append(out(f"{key}/img{b}/bboxes"))
   all_rois = np.concatenate(all_rois).astype(np.float32)
-  model = build(meta, max(needed_samples(all_rois, strides, bbox_size), needed_samples(all_rois, strides,
-                                                                                         mask_size)))
+  model = build(meta, needed_samples(all_rois, strides, bbox_size), needed_samples(all_rois, strides, mask_size))
   s = model.settings
-  num_classes = cm["roi_head"]["bbox_head"]["num_classes"]
 
   # 1. Neck, RPN head, anchors.
   feats = [jnp.asarray(np.transpose(inp(f"feat{i}"), (0, 2, 3, 1))) for i in range(4)]
@@ -170,13 +183,14 @@ def _run_case(arrays, meta, case, variables, report: Report) -> None:
                 for i in range(num_levels)]
 
   # 2. Proposals (both versions, test and training settings).
+  proposal_fn = jax.jit(image_proposals, static_argnums=(4, 5))
+
   def proposals(b, cfg):
-    fn = jax.jit(lambda l, d, sz: image_proposals(l, d, anchors, sz, s.rpn_coder, cfg))
-    p = fn([x[b] for x in rpn_logits], [x[b] for x in rpn_deltas], jnp.asarray(img_shape[b]))
+    p = lambda l, d, sz: proposal_fn(l, d, anchors, sz, s.rpn_coder, cfg)
+    p = p([x[b] for x in rpn_logits], [x[b] for x in rpn_deltas], jnp.asarray(img_shape[b]))
     v = np.asarray(p["valid"])
     return {k: np.asarray(x)[v] for k, x in p.items()}
 
-  import dataclasses  # pylint: disable=import-outside-toplevel
   versions = {"proposals": dataclasses.replace(s.rpn_test, version="mmdet3"),
               "proposals_mmdet2": dataclasses.replace(s.rpn_test, version="mmdet2"),
               "proposals_train": dataclasses.replace(s.rpn_train, version="mmdet3"),
@@ -199,9 +213,8 @@ def _run_case(arrays, meta, case, variables, report: Report) -> None:
           report.exact(name + f"/topk_inds_l{i}", np.sort(top), np.sort(ref))
 
   # 3. RoI head on the given RoIs (the test proposals of both images), probes.
-  def bbox_forward(boxes, bidx):
-    return jax.jit(lambda v, p, r, i: model.apply(v, p, r, i, method=MaskRCNN.bbox_forward))(
-        variables, pyramid, jnp.asarray(boxes, jnp.float32), jnp.asarray(bidx, jnp.int32))
+  bbox_jit = jax.jit(lambda r, i: model.apply(variables, pyramid, r, i, method=MaskRCNN.bbox_forward))
+  bbox_forward = _padded(bbox_jit, 1024)
 
   props = [out(f"proposals/img{b}/bboxes") for b in range(batch)]
   rois = np.concatenate(props)
@@ -221,7 +234,9 @@ def _run_case(arrays, meta, case, variables, report: Report) -> None:
   probe_head = bbox_forward(probe[:, 1:], probe[:, 0])
   report.tensor(prefix + "probe/roi_feats7", _nchw(probe_head["roi_feats"]), out("probe/roi_feats7"))
   n14 = out("probe/roi_feats14").shape[0]
-  mask_fn = jax.jit(lambda v, p, r, i: model.apply(v, p, r, i, method=MaskRCNN.mask_forward))
+  mask_jit = jax.jit(lambda r, i: model.apply(variables, pyramid, r, i, method=MaskRCNN.mask_forward))
+  mask_padded = _padded(mask_jit, 128)
+  mask_fn = lambda v, p, r, i: mask_padded(np.asarray(r), np.asarray(i))
   probe_mask = mask_fn(variables, pyramid, jnp.asarray(probe[:n14, 1:]), jnp.asarray(probe[:n14, 0], jnp.int32))
   report.tensor(prefix + "probe/roi_feats14", _nchw(probe_mask["roi_feats"]), out("probe/roi_feats14"))
 
@@ -268,12 +283,22 @@ def _run_case(arrays, meta, case, variables, report: Report) -> None:
     _compare_masks(report, prefix + f"det/img{b}/masks", probs, dboxes, (h, w), out(f"det/img{b}/masks"), None)
 
   # 5. Training: assignment, stored samples, targets and losses.
-  _training(arrays, meta, case, model, variables, pyramid, anchors, sizes, rpn_logits, rpn_deltas, report)
+  _training(arrays, meta, case, model, variables, pyramid, anchors, sizes, rpn_logits, rpn_deltas, report,
+            bbox_forward, mask_padded)
+
+  # 6. End to end through the jitted forward pass (from the pyramid): predictions and sampler-free losses.
+  _end_to_end(arrays, case, model, variables, feats, report)
 
 
 def _compare_masks(report, name, probs, boxes, shape, ref, counted) -> None:
   """Pasted masks equal up to the pixels whose probability is within 1e-5 of the threshold."""
-  soft = np.asarray(jax.jit(lambda p, b: paste_mask_probs(p, b, shape))(jnp.asarray(probs), jnp.asarray(boxes)))
+  n = len(boxes)
+  p = np.zeros((128,) + tuple(np.shape(probs)[1:]), np.float32)
+  p[:n] = np.asarray(probs)
+  b = np.zeros((128, 4), np.float32)
+  b[:n] = boxes
+  b[n:] = [0, 0, 1, 1]
+  soft = np.asarray(_PASTE(jnp.asarray(p), jnp.asarray(b), tuple(int(x) for x in shape)))[:n]
   ours = (soft >= 0.5).astype(np.uint8)
   near = int(np.sum(np.abs(soft - 0.5) < NEAR_THRESHOLD))
   allowed = near if counted is None else max(int(counted), 0)
@@ -286,7 +311,7 @@ def _compare_masks(report, name, probs, boxes, shape, ref, counted) -> None:
 
 
 def _training(arrays, meta, case, model, variables, pyramid, anchors, sizes, rpn_logits, rpn_deltas,
-              report: Report) -> None:
+              report: Report, bbox_forward, mask_forward) -> None:
   inp = lambda k: arrays[f"in/{case}/{k}"]
   out = lambda k: arrays[f"out/{case}/{k}"]
   prefix = f"{case}/train/"
@@ -384,8 +409,7 @@ def _training(arrays, meta, case, model, variables, pyramid, anchors, sizes, rpn
   report.exact(prefix + "rcnn/bbox_weights", bw, out("train/rcnn/bbox_weights"))
   report.exact(prefix + "rcnn/pos_rows", pos_rows, out("train/rcnn/pos_rows"))
   stored_rois = out("train/rcnn/rois")
-  head = jax.jit(lambda v, p, r, i: model.apply(v, p, r, i, method=MaskRCNN.bbox_forward))(
-      variables, pyramid, jnp.asarray(stored_rois[:, 1:]), jnp.asarray(stored_rois[:, 0], jnp.int32))
+  head = bbox_forward(stored_rois[:, 1:], stored_rois[:, 0])
   report.tensor(prefix + "rcnn/cls_score", head["cls_logits"], out("train/rcnn/cls_score"))
   report.tensor(prefix + "rcnn/pos_bbox_pred", np.asarray(head["deltas"])[pos_rows], out("train/rcnn/pos_bbox_pred"))
   is_pos = np.zeros(len(labels), np.float32)
@@ -409,14 +433,81 @@ def _training(arrays, meta, case, model, variables, pyramid, anchors, sizes, rpn
   for b in range(batch):
     sel = pos_rois[:, 0] == b
     gm = jnp.asarray(inp(f"gt_masks/img{b}"))
-    targets.append(np.asarray(jax.jit(lambda m, r, g: mask_targets(m, r, g, s.mask_size))(
-        gm, jnp.asarray(pos_rois[sel, 1:]), jnp.asarray(out("train/mask/pos_assigned_gt_inds")[sel]))))
+    targets.append(np.asarray(jax.jit(mask_targets, static_argnums=3)(
+        gm, jnp.asarray(pos_rois[sel, 1:]), jnp.asarray(out("train/mask/pos_assigned_gt_inds")[sel]), s.mask_size)))
   targets = np.concatenate(targets)
   report.exact(prefix + "mask/mask_targets", targets.astype(np.uint8), out("train/mask/mask_targets"))
-  m = jax.jit(lambda v, p, r, i: model.apply(v, p, r, i, method=MaskRCNN.mask_forward))(
-      variables, pyramid, jnp.asarray(pos_rois[:, 1:]), jnp.asarray(pos_rois[:, 0], jnp.int32))
+  m = mask_forward(pos_rois[:, 1:], pos_rois[:, 0])
   lab = out("train/mask/pos_labels")
   mlog = np.asarray(m["logits"])[np.arange(len(lab)), :, :, lab]
   report.tensor(prefix + "mask/mask_logits_label", mlog, out("train/mask/mask_logits_label"))
   loss = float(mask_loss_sum(jnp.asarray(mlog), jnp.asarray(targets), jnp.ones(len(lab)))) / targets.size
   report.tensor(f"{case}/loss/loss_mask", loss, out("loss/loss_mask"))
+
+
+def _match_boxes(report: Report, name: str, ours: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> None:
+  """Detections as sets without RoI indices: each stored one matched to ours by label and box (1e-3 px)."""
+  used = np.zeros(len(ours["labels"]), bool)
+  order = []
+  for box, label in zip(ref["bboxes"], ref["labels"]):
+    cand = np.flatnonzero((ours["labels"] == label) & ~used
+                          & (np.abs(ours["boxes"] - box).max(axis=1) <= BOX_TOL[0]))
+    if len(cand) == 0:
+      order.append(-1)
+      continue
+    used[cand[0]] = True
+    order.append(cand[0])
+  order = np.asarray(order)
+  missing, extra = int(np.sum(order < 0)), int(np.sum(~used))
+  if missing or extra:
+    report.fail(f"{name}/set", f"{missing} stored detections not found, {extra} extra of ours")
+    return
+  report.exact(f"{name}/set", np.ones(len(order)), np.ones(len(order)))
+  report.tensor(f"{name}/bboxes", ours["boxes"][order], ref["bboxes"], atol=BOX_TOL[0], rtol=BOX_TOL[1])
+  report.tensor(f"{name}/scores", ours["scores"][order], ref["scores"], atol=SCORE_TOL[0], rtol=SCORE_TOL[1])
+  return order
+
+
+def _end_to_end(arrays, case, model, variables, feats, report: Report) -> None:
+  inp = lambda k: arrays[f"in/{case}/{k}"]
+  out = lambda k: arrays[f"out/{case}/{k}"]
+  prefix = f"{case}/end_to_end/"
+  img_shape = jnp.asarray(inp("img_shape"), jnp.int32)
+  batch = img_shape.shape[0]
+  height, width = (int(x) for x in inp("batch_input_shape"))
+  for version, key in (("mmdet3", "det"), ("mmdet2", "det_mmdet2")):
+    fn = jax.jit(lambda v, f, sz: model.apply(v, f, False, image_size=sz, proposal_version=version,
+                                              method=MaskRCNN.forward_features))
+    dets = jax.tree.map(np.asarray, fn(variables, feats, img_shape)["detections"])
+    for b in range(batch):
+      v = dets["valid"][b]
+      ours = {k: dets[k][b][v] for k in ("boxes", "scores", "labels", "mask_logits")}
+      ref = {k: out(f"{key}/img{b}/{k}") for k in ("bboxes", "scores", "labels")}
+      order = _match_boxes(report, prefix + f"{key}/img{b}", ours, ref)
+      if key == "det" and order is not None:
+        h, w = (int(x) for x in np.asarray(img_shape[b]))
+        probs = jax.nn.sigmoid(jnp.asarray(ours["mask_logits"][order]))
+        _compare_masks(report, prefix + f"det/img{b}/masks", probs, ours["boxes"][order], (h, w),
+                       out(f"det/img{b}/masks"), None)
+
+  # Training forward with our sampler: the losses that depend on the positives only must match.
+  num_gts = max(len(inp(f"gt_labels/img{b}")) for b in range(batch))
+  gt_boxes = np.zeros((batch, num_gts, 4), np.float32)
+  gt_labels = np.full((batch, num_gts), -1, np.int32)
+  gt_masks = np.zeros((batch, num_gts, height, width), np.uint8)
+  for b in range(batch):
+    n = len(inp(f"gt_labels/img{b}"))
+    gt_boxes[b, :n] = inp(f"gt_bboxes/img{b}")
+    gt_labels[b, :n] = inp(f"gt_labels/img{b}")
+    m = inp(f"gt_masks/img{b}")
+    gt_masks[b, :n, :m.shape[1], :m.shape[2]] = m
+  # The stored losses are mmdet 3.3's: its training proposals drop zero-size boxes.
+  settings = model.settings
+  model = model.clone(settings=dataclasses.replace(
+      settings, rpn_train=dataclasses.replace(settings.rpn_train, version="mmdet3")))
+  fn = jax.jit(lambda v, f, sz, gb, gl, gm: loss_terms(model.apply(
+      v, f, True, image_size=sz, gt_boxes=gb, gt_labels=gl, gt_masks=gm, method=MaskRCNN.forward_features,
+      rngs={"dropout": jax.random.PRNGKey(0)})))
+  terms = jax.tree.map(np.asarray, fn(variables, feats, img_shape, gt_boxes, gt_labels, gt_masks))
+  for name in ("loss_rpn_bbox", "loss_bbox", "loss_mask"):
+    report.tensor(prefix + f"loss/{name}", terms[name][0], out(f"loss/{name}"))

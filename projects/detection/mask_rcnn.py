@@ -74,7 +74,9 @@ class MaskRCNNSettings:
     roi_strides: strides of the RoI extractor levels (4..32).
     finest_scale: RoI level mapping scale (56).
     bbox_roi_size, mask_roi_size, mask_size: 7, 14, 28.
-    roi_max_samples: bound on RoIAlign's adaptive samples per bin and axis (see ``roi_align``).
+    roi_max_samples, mask_roi_max_samples: bounds on RoIAlign's adaptive samples per bin and axis of the
+      7x7 and 14x14 extractors (see ``roi_align``: exact up to ``7 * 8 = 56`` and ``14 * 4 = 56`` map pixels
+      per side, i.e. every RoI up to 224 px wide at its level-0 mapping, 1792 px at level 3).
     pad_size_divisor: per-image padding that defines mmdet's valid anchors (32).
   """
   anchor_generator: AnchorGenerator = AnchorGenerator(strides=(4, 8, 16, 32, 64), ratios=(0.5, 1.0, 2.0),
@@ -93,7 +95,8 @@ class MaskRCNNSettings:
   bbox_roi_size: int = 7
   mask_roi_size: int = 14
   mask_size: int = 28
-  roi_max_samples: int = 4
+  roi_max_samples: int = 8
+  mask_roi_max_samples: int = 4
   pad_size_divisor: int = 32
 
 
@@ -130,24 +133,26 @@ class MaskRCNN(nn.Module):
     return {"pyramid": tuple(pyramid), "rpn_logits": logits, "rpn_deltas": deltas, "anchors": anchors}
 
   def roi_features(self, pyramid: Sequence[jnp.ndarray], boxes: jnp.ndarray, batch_index: jnp.ndarray,
-                   output_size: int) -> jnp.ndarray:
+                   output_size: int, max_samples: int) -> jnp.ndarray:
     """RoIAlign features ``(R, S, S, C)`` of xyxy ``boxes`` (R, 4) on P2..P5 at their mapped levels."""
     s = self.settings
     levels = roi_levels(boxes, len(s.roi_strides), s.finest_scale)
     return roi_align(pyramid[:len(s.roi_strides)], boxes, batch_index, levels, s.roi_strides, output_size,
-                     max_samples=s.roi_max_samples)
+                     max_samples=max_samples)
 
   def bbox_forward(self, pyramid: Sequence[jnp.ndarray], boxes: jnp.ndarray, batch_index: jnp.ndarray,
                    train: bool = False) -> Dict[str, jnp.ndarray]:
     """Box head on RoIs: ``cls_logits (R, K + 1)``, ``deltas (R, 4 K)``, ``shared_fc_out``, ``roi_feats``."""
-    feats = self.roi_features(pyramid, boxes, batch_index, self.settings.bbox_roi_size)
+    feats = self.roi_features(pyramid, boxes, batch_index, self.settings.bbox_roi_size,
+                              self.settings.roi_max_samples)
     cls, deltas, shared = self.bbox_head(feats, train=train)
     return {"cls_logits": cls, "deltas": deltas, "shared_fc_out": shared, "roi_feats": feats}
 
   def mask_forward(self, pyramid: Sequence[jnp.ndarray], boxes: jnp.ndarray, batch_index: jnp.ndarray,
                    train: bool = False) -> Dict[str, jnp.ndarray]:
     """Mask head on RoIs: ``logits (R, 28, 28, K)`` and the 14x14 ``roi_feats``."""
-    feats = self.roi_features(pyramid, boxes, batch_index, self.settings.mask_roi_size)
+    feats = self.roi_features(pyramid, boxes, batch_index, self.settings.mask_roi_size,
+                              self.settings.mask_roi_max_samples)
     return {"logits": self.mask_head(feats, train=train), "roi_feats": feats}
 
   # ---- full forward ----
@@ -161,8 +166,16 @@ class MaskRCNN(nn.Module):
     batch, height, width = inputs.shape[:3]
     if image_size is None:
       image_size = jnp.tile(jnp.asarray([[height, width]], jnp.int32), (batch, 1))
-    image_size = jnp.asarray(image_size, jnp.int32)
     features = self.backbone(inputs, train=train)
+    return self.forward_features(features, train, image_size=image_size, gt_boxes=gt_boxes,
+                                 gt_labels=gt_labels, gt_masks=gt_masks, proposal_version=proposal_version)
+
+  def forward_features(self, features: Any, train: bool = False, *, image_size: jnp.ndarray,
+                       gt_boxes: Optional[jnp.ndarray] = None, gt_labels: Optional[jnp.ndarray] = None,
+                       gt_masks: Optional[jnp.ndarray] = None, proposal_version: Optional[str] = None
+                       ) -> Dict[str, Any]:
+    """Everything after the backbone (``__call__`` without the backbone; the parity runner starts here)."""
+    image_size = jnp.asarray(image_size, jnp.int32)
     out = self.pyramid_forward(features, train=train)
     if train:
       if gt_boxes is None or gt_labels is None or gt_masks is None:
@@ -321,6 +334,42 @@ def mask_loss_sum(mask_logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.n
   return losses.weighted_sum(losses.binary_cross_entropy_with_logits(mask_logits, targets), weights)
 
 
+def loss_terms(outputs: Mapping[str, Any]) -> Metrics:
+  """The five official losses, ``acc`` and ``total_loss`` as ``{name: (value, 1)}`` from training outputs.
+
+  Normalisation as mmdet: RPN losses by the sampled anchors of the batch, ``loss_cls`` and ``loss_bbox`` by
+  the sampled RoIs, ``loss_mask`` by positives x 28 x 28; evaluation outputs give ``num_detections``.
+  """
+  if "rcnn_rois" not in outputs:  # evaluation outputs: detections only
+    valid = outputs["detections"]["valid"].astype(jnp.float32)
+    return {"num_detections": (valid.sum(), jnp.asarray(valid.shape[0], jnp.float32))}
+  rpn_logits = jnp.concatenate(outputs["rpn_logits"], axis=1)
+  rpn_deltas = jnp.concatenate(outputs["rpn_deltas"], axis=1)
+  rpn = rpn_loss_terms(rpn_logits, rpn_deltas, outputs["rpn_labels"], outputs["rpn_weights"],
+                       outputs["rpn_box_targets"], outputs["rpn_box_weights"])
+  rpn_count = jnp.maximum(outputs["rpn_weights"].sum(), 1.0)
+  valid = outputs["rcnn_valid"].astype(jnp.float32)
+  rcnn = rcnn_loss_terms(outputs["rcnn_cls_logits"], outputs["rcnn_deltas"], outputs["rcnn_labels"], valid,
+                         outputs["rcnn_is_pos"].astype(jnp.float32), outputs["rcnn_box_targets"])
+  rcnn_count = jnp.maximum(valid.sum(), 1.0)
+  mask_sum = mask_loss_sum(outputs["mask_logits"], outputs["mask_targets"], outputs["mask_weights"])
+  size = outputs["mask_logits"].shape[-1] * outputs["mask_logits"].shape[-2]
+  mask_count = jnp.maximum(outputs["mask_weights"].sum() * size, 1.0)
+  one = jnp.ones((), jnp.float32)
+  values = {
+      "loss_rpn_cls": rpn["loss_rpn_cls"] / rpn_count,
+      "loss_rpn_bbox": rpn["loss_rpn_bbox"] / rpn_count,
+      "loss_cls": rcnn["loss_cls"] / rcnn_count,
+      "loss_bbox": rcnn["loss_bbox"] / rcnn_count,
+      "loss_mask": mask_sum / mask_count,
+  }
+  metrics = {k: (v, one) for k, v in values.items()}
+  metrics["total_loss"] = (sum(values.values()), one)
+  metrics["acc"] = (100.0 * rcnn["correct"] / rcnn_count, one)
+  metrics["num_rcnn_pos"] = (outputs["rcnn_is_pos"].sum().astype(jnp.float32), one)
+  return metrics
+
+
 class MaskRCNNModel(BaseModel):
   """Scenic-style Mask R-CNN: network, two-stage losses, metrics and predictions (see the module docstring).
 
@@ -329,7 +378,8 @@ class MaskRCNNModel(BaseModel):
     dtype ("float32"); backbone (as RetinaNet: ``name``, ``drop_path_rate`` 0.2, ``lda_mode``, ``remat``,
     ``checkpoint``, ``overrides``); neck: ``out_channels`` (256); rpn_head: ``feat_channels`` (256);
     bbox_head: ``fc_out_channels`` (1024); mask_head: ``conv_out_channels`` (256), ``num_convs`` (4);
-    roi: ``max_samples`` (RoIAlign bound on adaptive samples per bin and axis, 4... see ``roi_align``);
+    roi: ``max_samples`` (8) and ``mask_max_samples`` (4): RoIAlign's bounds on the adaptive samples per bin
+    and axis of the 7x7 and 14x14 extractors (exact below them, see ``heads.detection.roi_align``);
     train_cfg: ``rpn_nms_pre`` (2000), ``rpn_max_per_img`` (1000), ``rpn_num`` (256), ``rpn_pos_fraction`` (0.5),
     ``rcnn_num`` (512), ``rcnn_pos_fraction`` (0.25), ``pad_size_divisor`` (32);
     test_cfg: ``version`` ("mmdet2" | "mmdet3"), ``rpn_nms_pre`` (1000), ``rpn_max_per_img`` (1000),
@@ -351,7 +401,8 @@ class MaskRCNNModel(BaseModel):
                                 version=e.version),
         rcnn_test=RCNNTestConfig(score_thr=e.score_thr, iou_threshold=e.iou_threshold,
                                  max_per_img=e.max_per_img, mask_thr_binary=e.mask_thr_binary),
-        roi_max_samples=m.roi.max_samples, pad_size_divisor=t.pad_size_divisor)
+        roi_max_samples=m.roi.max_samples, mask_roi_max_samples=m.roi.mask_max_samples,
+        pad_size_divisor=t.pad_size_divisor)
 
   def build_flax_model(self) -> nn.Module:
     """Returns the ``MaskRCNN`` network described by ``config.model``."""
@@ -381,7 +432,7 @@ class MaskRCNNModel(BaseModel):
             "rpn_head": {"feat_channels": 32},
             "bbox_head": {"fc_out_channels": 64},
             "mask_head": {"conv_out_channels": 32, "num_convs": 4},
-            "roi": {"max_samples": 4},
+            "roi": {"max_samples": 8, "mask_max_samples": 4},
             "train_cfg": {"rpn_nms_pre": 2000, "rpn_max_per_img": 1000, "rpn_num": 256, "rpn_pos_fraction": 0.5,
                           "rcnn_num": 512, "rcnn_pos_fraction": 0.25, "pad_size_divisor": 32},
             "test_cfg": {"version": "mmdet2", "rpn_nms_pre": 1000, "rpn_max_per_img": 1000, "score_thr": 0.05,
@@ -402,35 +453,8 @@ class MaskRCNNModel(BaseModel):
     return kwargs
 
   def _loss_terms(self, outputs: Mapping[str, Any], batch: Batch) -> Metrics:
-    """The five official losses, ``acc`` and ``total_loss`` as ``{name: (value, 1)}`` (batch-normalised)."""
-    if "rcnn_rois" not in outputs:  # evaluation outputs: detections only
-      valid = outputs["detections"]["valid"].astype(jnp.float32)
-      return {"num_detections": (valid.sum(), jnp.asarray(valid.shape[0], jnp.float32))}
-    rpn_logits = jnp.concatenate(outputs["rpn_logits"], axis=1)
-    rpn_deltas = jnp.concatenate(outputs["rpn_deltas"], axis=1)
-    rpn = rpn_loss_terms(rpn_logits, rpn_deltas, outputs["rpn_labels"], outputs["rpn_weights"],
-                         outputs["rpn_box_targets"], outputs["rpn_box_weights"])
-    rpn_count = jnp.maximum(outputs["rpn_weights"].sum(), 1.0)
-    valid = outputs["rcnn_valid"].astype(jnp.float32)
-    rcnn = rcnn_loss_terms(outputs["rcnn_cls_logits"], outputs["rcnn_deltas"], outputs["rcnn_labels"], valid,
-                           outputs["rcnn_is_pos"].astype(jnp.float32), outputs["rcnn_box_targets"])
-    rcnn_count = jnp.maximum(valid.sum(), 1.0)
-    mask_sum = mask_loss_sum(outputs["mask_logits"], outputs["mask_targets"], outputs["mask_weights"])
-    size = outputs["mask_logits"].shape[-1] * outputs["mask_logits"].shape[-2]
-    mask_count = jnp.maximum(outputs["mask_weights"].sum() * size, 1.0)
-    one = jnp.ones((), jnp.float32)
-    values = {
-        "loss_rpn_cls": rpn["loss_rpn_cls"] / rpn_count,
-        "loss_rpn_bbox": rpn["loss_rpn_bbox"] / rpn_count,
-        "loss_cls": rcnn["loss_cls"] / rcnn_count,
-        "loss_bbox": rcnn["loss_bbox"] / rcnn_count,
-        "loss_mask": mask_sum / mask_count,
-    }
-    metrics = {k: (v, one) for k, v in values.items()}
-    metrics["total_loss"] = (sum(values.values()), one)
-    metrics["acc"] = (100.0 * rcnn["correct"] / rcnn_count, one)
-    metrics["num_rcnn_pos"] = (outputs["rcnn_is_pos"].sum().astype(jnp.float32), one)
-    return metrics
+    del batch  # the targets travel in the outputs
+    return loss_terms(outputs)
 
   def loss_function(self, outputs: Mapping[str, Any], batch: Batch,
                     model_params: Optional[Any] = None) -> Tuple[jnp.ndarray, Metrics]:

@@ -117,6 +117,7 @@ class RetinaNetModel(BaseModel):
     anchor_generator = self.anchor_generator
     neck = FPN(out_channels=m.neck.out_channels, num_outs=m.neck.num_outs, start_level=m.neck.start_level,
                add_extra_convs=m.neck.add_extra_convs, relu_before_extra_convs=m.neck.relu_before_extra_convs,
+               no_norm_on_lateral=m.neck.get("no_norm_on_lateral", False), norm=m.neck.get("norm", "none"),
                dtype=dtype)
     head = RetinaHead(num_classes=self.num_classes, num_anchors=anchor_generator.num_base_anchors,
                       feat_channels=m.bbox_head.feat_channels, stacked_convs=m.bbox_head.stacked_convs,

@@ -1,13 +1,22 @@
-"""RetinaNet inference post-processing with mmdet 2.x ``test_cfg`` semantics, in JAX with static shapes.
+"""RetinaNet inference post-processing with mmdet ``test_cfg`` semantics, in JAX with static shapes.
 
-Per image and level (mmdet >= 2.18 ``BaseDenseHead._get_bboxes_single``): sigmoid scores of every
-(anchor, class) pair, keep those ``> score_thr``, take the ``nms_pre`` best of them, decode their boxes and clip
-them to the image. Then over all levels: divide by the resize scale (original-image coordinates), class-aware
-NMS at ``iou_threshold`` and keep the ``max_per_img`` best. Outputs are padded to ``max_per_img``.
+Two versions, chosen by ``TestConfig.version`` (``config.model.test_cfg.version``):
+
+* ``"mmdet2"``: mmdetection 2.8 ``AnchorHead.get_bboxes``, the official CrossFormer repository's. Per image and
+  level, the ``nms_pre`` anchors with the best maximum class score (all anchors of a level with fewer); their
+  boxes decoded and clipped to the image; then every (anchor, class) pair of all levels scoring ``> score_thr``
+  goes to NMS. No box-size filter (boxes clipped to zero size at the image edge can be kept).
+* ``"mmdet3"``: mmdetection >= 2.18 / 3.x ``BaseDenseHead._predict_by_feat_single``. Per image and level, the
+  (anchor, class) pairs scoring ``> score_thr``, the ``nms_pre`` best of them, decoded and clipped; then boxes
+  of width or height ``<= min_bbox_size`` are dropped.
+
+Both then divide the boxes by the resize scale (original-image coordinates), run class-aware NMS at
+``iou_threshold`` (mmcv ``batched_nms``) and keep the ``max_per_img`` best. Outputs are padded to
+``max_per_img``.
 """
 
 import dataclasses
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -15,47 +24,80 @@ import jax.numpy as jnp
 from heads.detection.box_coder import DeltaXYWHBBoxCoder
 from heads.detection.nms import batched_nms
 
+# "mmdet2": mmdetection 2.8 (the official CrossFormer repository); "mmdet3": mmdetection >= 2.18 / 3.x.
+VERSIONS = ("mmdet2", "mmdet3")
+
 
 @dataclasses.dataclass(frozen=True)
 class TestConfig:
   """mmdet's RetinaNet ``test_cfg``.
 
   Attributes:
-    nms_pre: (anchor, class) candidates kept per level before NMS (``<= 0``: all above ``score_thr``).
+    nms_pre: candidates kept per level before NMS (``<= 0``: all): anchors (mmdet2) or (anchor, class) pairs
+      above ``score_thr`` (mmdet3).
     score_thr: a candidate needs a score strictly above this.
     iou_threshold: NMS IoU threshold (suppress at IoU strictly above it).
     max_per_img: detections per image (the fixed output size).
+    min_bbox_size: mmdet3 only: boxes need width and height above this (``< 0``: no filter).
+    version: ``"mmdet2"`` (official repository, mmdetection 2.8) or ``"mmdet3"``.
   """
   nms_pre: int = 1000
   score_thr: float = 0.05
   iou_threshold: float = 0.5
   max_per_img: int = 100
+  min_bbox_size: float = 0.0
+  version: str = "mmdet3"
 
   def __post_init__(self):
     if self.max_per_img < 1:
       raise ValueError(f"max_per_img must be >= 1, got {self.max_per_img}")
+    if self.version not in VERSIONS:
+      raise ValueError(f"test_cfg.version must be one of {VERSIONS}, got {self.version!r}")
 
 
-def _level_candidates(logits: jnp.ndarray, deltas: jnp.ndarray, anchors: jnp.ndarray,
-                      image_size: jnp.ndarray, coder: DeltaXYWHBBoxCoder, cfg: TestConfig):
-  """The ``nms_pre`` best (anchor, class) pairs of one level of one image, decoded and clipped."""
+def level_candidates(logits: jnp.ndarray, cfg: TestConfig) -> Tuple[jnp.ndarray, ...]:
+  """The (anchor, class) pairs of one level of one image that go on to NMS, as ``cfg.version`` selects them.
+
+  Args:
+    logits: ``(N, C)`` class logits of the level's anchors.
+    cfg: the test configuration.
+
+  Returns:
+    ``(anchor_index, labels, scores, valid)``, each ``(K,)`` with a static ``K``; mmdet3 orders them by
+    descending score, mmdet2 by anchor rank then class.
+  """
   num_anchors, num_classes = logits.shape
-  scores = jax.nn.sigmoid(logits.astype(jnp.float32)).reshape(-1)
-  k = scores.shape[0] if cfg.nms_pre <= 0 else min(cfg.nms_pre, scores.shape[0])
-  above = scores > cfg.score_thr
-  top_scores, top = jax.lax.top_k(jnp.where(above, scores, -1.0), k)
-  anchor_index = top // num_classes
-  boxes = coder.decode(anchors[anchor_index], deltas[anchor_index].astype(jnp.float32), max_shape=image_size)
-  return boxes, top_scores, (top % num_classes).astype(jnp.int32), top_scores > cfg.score_thr
+  scores = jax.nn.sigmoid(logits.astype(jnp.float32))
+  if cfg.version == "mmdet3":
+    flat = scores.reshape(-1)
+    k = flat.shape[0] if cfg.nms_pre <= 0 else min(cfg.nms_pre, flat.shape[0])
+    top_scores, top = jax.lax.top_k(jnp.where(flat > cfg.score_thr, flat, -1.0), k)
+    return (top // num_classes).astype(jnp.int32), (top % num_classes).astype(jnp.int32), top_scores, \
+        top_scores > cfg.score_thr
+  if 0 < cfg.nms_pre < num_anchors:
+    _, anchor_index = jax.lax.top_k(scores.max(axis=1), cfg.nms_pre)
+  else:
+    anchor_index = jnp.arange(num_anchors)
+  pair_scores = scores[anchor_index].reshape(-1)
+  labels = jnp.tile(jnp.arange(num_classes, dtype=jnp.int32), anchor_index.shape[0])
+  return (jnp.repeat(anchor_index.astype(jnp.int32), num_classes), labels, pair_scores,
+          pair_scores > cfg.score_thr)
 
 
 def _image_detections(logits: Sequence[jnp.ndarray], deltas: Sequence[jnp.ndarray],
                       anchors: Sequence[jnp.ndarray], image_size: jnp.ndarray, scale: jnp.ndarray,
                       coder: DeltaXYWHBBoxCoder, cfg: TestConfig) -> Dict[str, jnp.ndarray]:
-  parts = [_level_candidates(l, d, a, image_size, coder, cfg) for l, d, a in zip(logits, deltas, anchors)]
+  parts = []
+  for level_logits, level_deltas, level_anchors in zip(logits, deltas, anchors):
+    anchor_index, labels, scores, valid = level_candidates(level_logits, cfg)
+    boxes = coder.decode(level_anchors[anchor_index], level_deltas[anchor_index].astype(jnp.float32),
+                         max_shape=image_size)
+    parts.append((boxes, scores, labels, valid))
   boxes, scores, labels, valid = (jnp.concatenate(x, axis=0) for x in zip(*parts))
   scale = scale.astype(jnp.float32)
   boxes = boxes / jnp.stack([scale[1], scale[0], scale[1], scale[0]])
+  if cfg.version == "mmdet3" and cfg.min_bbox_size >= 0:
+    valid &= ((boxes[:, 2] - boxes[:, 0]) > cfg.min_bbox_size) & ((boxes[:, 3] - boxes[:, 1]) > cfg.min_bbox_size)
   keep = batched_nms(boxes, scores, labels, cfg.iou_threshold, cfg.max_per_img, candidate_mask=valid)
   return {
       "boxes": jnp.where(keep.valid[:, None], boxes[keep.indices], 0.0),

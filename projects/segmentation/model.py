@@ -168,10 +168,15 @@ class SegmentationModel(BaseModel):
     if cfg.get("neck") is not None:
       neck = FPN(out_channels=cfg.neck.out_channels, num_outs=cfg.neck.get("num_outs", 4),
                  start_level=cfg.neck.get("start_level", 0), norm=cfg.neck.get("norm", "none"),
+                 add_extra_convs=cfg.neck.get("add_extra_convs", False),
+                 relu_before_extra_convs=cfg.neck.get("relu_before_extra_convs", False),
+                 no_norm_on_lateral=cfg.neck.get("no_norm_on_lateral", False),
                  norm_axis_name=axis_name, dtype=dtype)
 
     head_cfg = cfg.decode_head
+    in_index = head_cfg.get("in_index")
     common = dict(num_classes=self.num_classes, channels=head_cfg.channels, dropout=head_cfg.get("dropout", 0.1),
+                  in_index=None if in_index is None else tuple(in_index),
                   norm=head_cfg.get("norm", "batch"), norm_axis_name=axis_name, dtype=dtype)
     if head_cfg.type == "semantic_fpn":
       decode_head = FPNHead(feature_strides=tuple(head_cfg.get("feature_strides", (4, 8, 16, 32))), **common)

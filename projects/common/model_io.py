@@ -1,0 +1,236 @@
+"""Whole models on disk: one model file (config + variables) and official mmseg/mmdet checkpoint conversion.
+
+* ``save_model_file(path, config, variables)`` / ``load_model_file(path)``: one msgpack file holding a format
+  tag, the job config as JSON (``config.model`` and ``config.dataset_meta``: ``num_classes``, ``class_names``,
+  and for detection ``category_ids``) and the variables (``params``, ``batch_stats``).
+* ``convert_official_checkpoint(source, config)``: an official checkpoint (``.pth`` with ``state_dict`` +
+  ``meta``, the same state dict as ``.npz``, or an in-memory mapping) -> our variables for the model that
+  ``config`` describes. The key mapping is ``heads.official``'s; every key is used or explicitly dropped.
+* ``build_model(config)``: the task model (``SegmentationModel`` / ``RetinaNetModel``) ``config`` describes.
+"""
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from heads import official
+
+FORMAT = "crossformer-jax-model/1"
+PathLike = Union[str, os.PathLike]
+# Input size used to derive parameter shapes (abstractly, with jax.eval_shape).
+_SHAPE_PROBE_SIZE = 128
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+def model_kind(config: ml_collections.ConfigDict) -> str:
+  """``"segmentation"`` (``config.model.decode_head``) or ``"retinanet"`` (``config.model.bbox_head``)."""
+  model = config.get("model")
+  if model is None:
+    raise ValueError("the config has no 'model' field")
+  for kind, key in MODEL_KINDS.items():
+    if model.get(key) is not None:
+      return kind
+  raise ValueError(f"config.model describes no known model (needs one of {sorted(MODEL_KINDS.values())})")
+
+
+def _segmentation_model(config, meta):
+  from projects.segmentation.model import SegmentationModel  # pylint: disable=g-import-not-at-top
+  return SegmentationModel(config, meta)
+
+
+def _retinanet_model(config, meta):
+  from projects.detection.model import RetinaNetModel  # pylint: disable=g-import-not-at-top
+  return RetinaNetModel(config, meta)
+
+
+# model kind -> the config.model key that marks it; kind -> constructor(config, dataset_meta). Extensible.
+MODEL_KINDS: Dict[str, str] = {"segmentation": "decode_head", "retinanet": "bbox_head"}
+MODEL_BUILDERS: Dict[str, Callable[[ml_collections.ConfigDict, Dict[str, Any]], Any]] = {
+    "segmentation": _segmentation_model, "retinanet": _retinanet_model}
+
+
+def default_dataset_meta(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """``config.dataset_meta`` if present, else the dataset of the recipe's (ADE20K or COCO) names and ids."""
+  if config.get("dataset_meta") is not None:
+    meta = dict(config.dataset_meta.to_dict() if hasattr(config.dataset_meta, "to_dict")
+                else config.dataset_meta)
+    if "num_classes" not in meta:
+      raise ValueError("config.dataset_meta has no num_classes")
+    return meta
+  if model_kind(config) == "segmentation":
+    from projects.segmentation.data import ade20k_classes  # pylint: disable=g-import-not-at-top
+    num = int((config.get("dataset") or {}).get("num_classes", ade20k_classes.NUM_CLASSES))
+    names = list(ade20k_classes.CLASS_NAMES) if num == ade20k_classes.NUM_CLASSES else None
+    return {"num_classes": num, "class_names": names or [f"class_{i}" for i in range(num)]}
+  from projects.detection.data import coco_classes  # pylint: disable=g-import-not-at-top
+  return {"num_classes": len(coco_classes.CLASS_NAMES), "class_names": list(coco_classes.CLASS_NAMES),
+          "category_ids": list(coco_classes.CATEGORY_IDS)}
+
+
+def build_model(config: ml_collections.ConfigDict, dataset_meta: Optional[Mapping[str, Any]] = None):
+  """The task model of ``config`` (``dataset_meta`` defaults to ``default_dataset_meta(config)``)."""
+  meta = dict(dataset_meta) if dataset_meta is not None else default_dataset_meta(config)
+  return MODEL_BUILDERS[model_kind(config)](config, meta)
+
+
+def variable_shapes(model: Any) -> Dict[str, Any]:
+  """``{collection: nested ShapeDtypeStruct}`` of ``model.flax_model`` (abstract: nothing is computed)."""
+  images = jax.ShapeDtypeStruct((1, _SHAPE_PROBE_SIZE, _SHAPE_PROBE_SIZE, 3), jnp.float32)
+  shapes = jax.eval_shape(lambda x: model.flax_model.init(jax.random.PRNGKey(0), x, train=False), images)
+  return flax.core.unfreeze(shapes)
+
+
+# ---------------------------------------------------------------------------------------- model files
+
+def _config_json(config: ml_collections.ConfigDict) -> str:
+  try:
+    return config.to_json(sort_keys=True)
+  except (TypeError, ValueError):
+    return config.to_json_best_effort(sort_keys=True)
+
+
+def save_model_file(path: PathLike, config: ml_collections.ConfigDict, variables: Mapping[str, Any]
+                    ) -> pathlib.Path:
+  """Writes ``config`` (as JSON) and ``variables`` to one msgpack file, atomically, mode 0644.
+
+  ``config`` must have ``model`` and ``dataset_meta.num_classes`` (``class_names``; ``category_ids`` for
+  detection); ``variables`` holds ``params`` (and ``batch_stats`` where the model has BatchNorm).
+  """
+  path = pathlib.Path(path)
+  if config.get("model") is None:
+    raise ValueError("save_model_file: the config has no 'model' field")
+  meta = config.get("dataset_meta")
+  if meta is None or meta.get("num_classes") is None:
+    raise ValueError("save_model_file: the config needs dataset_meta.num_classes (and class_names)")
+  if "params" not in variables:
+    raise ValueError(f"save_model_file: variables need 'params', got {sorted(variables)}")
+  payload = {"format": FORMAT, "config": _config_json(config),
+             "variables": jax.tree.map(np.asarray, flax.core.unfreeze(dict(variables)))}
+  data = flax.serialization.msgpack_serialize(payload)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+    try:
+      tmp.write(data)
+      tmp.flush()
+      os.fsync(tmp.fileno())
+    except BaseException:
+      os.unlink(tmp.name)
+      raise
+  os.chmod(tmp.name, 0o644)
+  os.replace(tmp.name, path)
+  return path
+
+
+def load_model_file(path: PathLike) -> Tuple[ml_collections.ConfigDict, Dict[str, Any]]:
+  """Reads a file of ``save_model_file``: ``(config, variables)``."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"model file not found: {path} (make one with `python -m projects.convert_checkpoint "
+                            "--input OFFICIAL.pth --config CONFIG.py --output OUT.msgpack`)")
+  try:
+    payload = flax.serialization.msgpack_restore(path.read_bytes())
+  except Exception as e:  # msgpack raises several unrelated types on garbage
+    raise ValueError(f"{path} is not a model file (not msgpack: {type(e).__name__})") from None
+  if not isinstance(payload, dict) or "format" not in payload:
+    raise ValueError(f"{path} is not a model file (no format tag; a backbone-only file from "
+                     "backbones.convert_checkpoint?)")
+  if payload["format"] != FORMAT:
+    raise ValueError(f"{path} has format {payload['format']!r}, expected {FORMAT!r}")
+  config = ml_collections.ConfigDict(_lists_to_tuples(json.loads(payload["config"])))
+  return config, payload["variables"]
+
+
+def _lists_to_tuples(value: Any) -> Any:
+  """JSON lists back to the tuples the configs are written with."""
+  if isinstance(value, dict):
+    return {k: _lists_to_tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_lists_to_tuples(v) for v in value)
+  return value
+
+
+# --------------------------------------------------------------------------------- official checkpoints
+
+def read_official_file(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+  """``(state_dict, meta)`` of an official ``.pth`` (weights_only torch load) or ``.npz`` checkpoint."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"official checkpoint not found: {path}")
+  if path.suffix == ".npz":
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        keys = [k for k in data.files if k.startswith("sd/")] or list(data.files)
+        return {k[3:] if k.startswith("sd/") else k: data[k] for k in keys}, {}
+    except (OSError, ValueError) as e:
+      raise ValueError(f"{path} is not a readable .npz state dict: {e}") from None
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError(f"reading {path} needs PyTorch (`pip install torch`, CPU is enough), or convert it to "
+                      ".npz elsewhere: numpy.savez(OUT, **{k: v.numpy() for k, v in "
+                      "torch.load(IN, weights_only=True)['state_dict'].items()})") from None
+  try:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"{path} cannot be loaded safely (torch.load weights_only=True): "
+                     f"{str(e).splitlines()[0][:300]}. Only tensors and plain containers are accepted; "
+                     "re-save its state_dict from a trusted environment") from None
+  if not isinstance(checkpoint, Mapping):
+    raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
+  meta = checkpoint.get("meta") or {}
+  state_dict = checkpoint.get("state_dict", checkpoint)
+  if not isinstance(state_dict, Mapping):
+    raise ValueError(f"{path}: 'state_dict' is a {type(state_dict).__name__}, not a mapping")
+  out = {}
+  for k, v in state_dict.items():
+    k = k[len("module."):] if k.startswith("module.") else k
+    out[k] = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+  return out, dict(meta) if isinstance(meta, Mapping) else {}
+
+
+def convert_official_checkpoint(source: Union[PathLike, Mapping[str, Any]], config: ml_collections.ConfigDict
+                                ) -> Dict[str, Any]:
+  """Our variables (``params``, ``batch_stats``) for ``config``'s model from an official checkpoint.
+
+  Args:
+    source: a path to an official mmseg/mmdet ``.pth`` (``state_dict`` + ``meta``) or ``.npz`` of the same
+      state dict, or an in-memory ``{official key: array}`` mapping.
+    config: our job config (``config.model``; ``config.dataset_meta`` or the recipe's dataset for the number
+      of classes).
+
+  Raises:
+    ValueError: naming every key that does not fit (another model or size), and every missing parameter.
+  """
+  if isinstance(source, Mapping):
+    state_dict = dict(source.get("state_dict", source)) if "state_dict" in source else dict(source)
+    state_dict = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+                  for k, v in state_dict.items()}
+    where = "the checkpoint"
+  else:
+    state_dict, _ = read_official_file(source)
+    where = str(source)
+  model = build_model(config)
+  expected = variable_shapes(model)
+  variables, report = official.convert_state_dict(state_dict, expected, strict=False)
+  if not report.ok:
+    backbone = (config.model.get("backbone") or {}).get("name", "?")
+    raise ValueError(f"{where} does not fit the model of this config ({model_kind(config)}, {backbone}): "
+                     f"{report.problems()}")
+  return variables
+
+
+def parameter_counts(variables: Mapping[str, Any]) -> Dict[str, int]:
+  """Learnable parameters per top-level sub-module of ``variables["params"]``, and ``"total"``."""
+  counts = {name: int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+            for name, tree in variables["params"].items()}
+  counts["total"] = sum(counts.values())
+  return counts
