@@ -114,7 +114,7 @@ def mask_rcnn_model_config(variant: str) -> ml_collections.ConfigDict:
       rpn_head=dict(feat_channels=256),
       bbox_head=dict(fc_out_channels=1024),
       mask_head=dict(conv_out_channels=256, num_convs=4),
-      roi=dict(max_samples=4),
+      roi=dict(max_samples=8, mask_max_samples=4),
       train_cfg=dict(rpn_nms_pre=2000, rpn_max_per_img=1000, rpn_num=256, rpn_pos_fraction=0.5, rcnn_num=512,
                      rcnn_pos_fraction=0.25, pad_size_divisor=32),
       test_cfg=dict(version="mmdet2", rpn_nms_pre=1000, rpn_max_per_img=1000, score_thr=0.05, iou_threshold=0.5,

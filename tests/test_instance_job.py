@@ -109,7 +109,12 @@ def test_evaluator_keeps_masks_and_draws_overlays(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_instance_job_end_to_end(tmp_path):
-  """The tiny Mask R-CNN job for a few steps: it trains, evaluates box and mask AP, writes every output."""
+  """The tiny Mask R-CNN job for a few steps: it trains, evaluates box and mask AP, writes every output.
+
+  One device: on the 4 virtual CPU devices of the tests, XLA's CPU collectives of the Mask R-CNN program have
+  hit their 40 s rendezvous timeout on a loaded 2-core machine (the RoI work per device is uneven); the
+  multi-device trainer path is covered by the RetinaNet job tests.
+  """
   overrides = {"num_epochs": 0, "num_training_steps": 4, "log_summary_steps": 2, "log_eval_steps": 0,
                "checkpoint": False, "progress_bar": False, "lr_schedule.warmup_steps": 0,
                "dataset.image_scale": (128, 128), "dataset.num_parallel_calls": 1,
@@ -117,7 +122,7 @@ def test_tiny_instance_job_end_to_end(tmp_path):
                "dataset.data_dir": str(tmp_path / "data")}
   config = config_utils.load_config(_config_path("tiny_coco_instance"), overrides)
   workdir = str(tmp_path / "work")
-  result = train.run(config, workdir)
+  result = train.run(config, workdir, mesh=sharding.create_mesh(jax.devices()[:1]))
   assert int(jax.device_get(result.state.step)) == 4
   results = json.load(open(os.path.join(workdir, "eval_results.json")))
   assert {"AP", "AP50", "mask_AP", "mask_AP50", "mask_AP75", "num_masks"} <= set(results)
