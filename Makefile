@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo demo-detection test test-fast lint benchmark
+.PHONY: setup demo demo-detection demo-instance test test-fast lint benchmark
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,9 @@ demo: setup
 
 demo-detection: setup
 	$(PY) -m projects.detection.main --config configs/tiny_coco.py --workdir workdirs/tiny_coco
+
+demo-instance: setup
+	$(PY) -m projects.detection.main --config configs/tiny_coco_instance.py --workdir workdirs/tiny_coco_instance
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -80,6 +80,14 @@ def _cast_inputs(batch: Mapping[str, Any], dtype: jnp.dtype) -> Any:
   return inputs
 
 
+def model_apply_kwargs(model: BaseModel, batch: Mapping[str, Any], train: bool) -> Dict[str, Any]:
+  """Extra keyword arguments of ``flax_model.apply`` for ``batch``: ``model.apply_kwargs(batch, train)`` for
+  models whose forward pass needs more than the images (two-stage detectors: image sizes, and the ground
+  truth in training), ``{}`` for the others."""
+  fn = getattr(model, "apply_kwargs", None)
+  return dict(fn(batch, train)) if fn is not None else {}
+
+
 def _split_apply_output(result: Any, mutable: Sequence[str]):
   if mutable:
     return result
@@ -104,7 +112,8 @@ def make_train_step(model: BaseModel, tx, schedule: optim.Schedule, dtype: jnp.d
     def loss_fn(params):
       variables = {"params": params, **state.model_state}
       result = model.flax_model.apply(variables, inputs, train=True, rngs=rngs,
-                                      mutable=mutable if mutable else False)
+                                      mutable=mutable if mutable else False,
+                                      **model_apply_kwargs(model, batch, train=True))
       outputs, new_model_state = _split_apply_output(result, mutable)
       loss = model.loss_function(outputs, batch, params)
       loss_metrics = None
@@ -132,7 +141,8 @@ def make_eval_step(model: BaseModel, dtype: jnp.dtype,
   metrics_fn = model.get_metrics_fn_jit("validation")
 
   def eval_step(state: TrainState, batch: Mapping[str, Any]):
-    outputs = model.flax_model.apply(state.variables(), _cast_inputs(batch, dtype), train=False)
+    outputs = model.flax_model.apply(state.variables(), _cast_inputs(batch, dtype), train=False,
+                                     **model_apply_kwargs(model, batch, train=False))
     metrics = metrics_fn(outputs, batch)
     processed = evaluator.process_fn(outputs, batch) if evaluator is not None else None
     return metrics, processed
@@ -144,7 +154,8 @@ def make_predict_fn(model: BaseModel, mesh: jax.sharding.Mesh,
                     dtype: jnp.dtype = jnp.float32) -> Callable[[Dict[str, Any], Any], Any]:
   """Returns a jitted ``predict(variables, global_batch) -> outputs`` (``train=False``), batch-sharded."""
   def predict(variables, batch):
-    return model.flax_model.apply(variables, _cast_inputs(batch, dtype), train=False)
+    return model.flax_model.apply(variables, _cast_inputs(batch, dtype), train=False,
+                                  **model_apply_kwargs(model, batch, train=False))
   return jax.jit(predict, in_shardings=(sharding.replicated_sharding(mesh), sharding.batch_sharding(mesh)))
 
 
@@ -184,11 +195,15 @@ def initialize_state(model: BaseModel, config: ml_collections.ConfigDict, datase
   input_shape = _init_input_shape(config, dataset)
   replicated = sharding.replicated_sharding(mesh)
 
+  # A model whose training forward needs the batch (``apply_kwargs``: the ground truth) is initialised in
+  # eval mode, which creates the same parameters.
+  init_train = getattr(model, "apply_kwargs", None) is None
+
   @functools.partial(jax.jit, out_shardings=replicated)
   def init_variables(key):
     params_key, dropout_key = jax.random.split(key)
     return model.flax_model.init({"params": params_key, "dropout": dropout_key},
-                                 jnp.zeros(input_shape, jnp.float32), train=True)
+                                 jnp.zeros(input_shape, jnp.float32), train=init_train)
 
   variables = dict(init_variables(init_rng))
   params = variables.pop("params")

@@ -325,7 +325,7 @@ def rcnn_loss_terms(cls_logits: jnp.ndarray, label_deltas: jnp.ndarray, labels: 
   target = jnp.where(is_pos, labels, num_classes)
   cls = losses.weighted_sum(losses.softmax_cross_entropy(cls_logits, target), valid)
   box = losses.weighted_sum(losses.l1_loss(label_deltas, box_targets), is_pos)
-  correct = ((jnp.argmax(cls_logits, axis=-1) == target) & valid).sum().astype(jnp.float32)
+  correct = ((jnp.argmax(cls_logits, axis=-1) == target) & (valid > 0)).sum().astype(jnp.float32)
   return {"loss_cls": cls, "loss_bbox": box, "correct": correct}
 
 

@@ -1,19 +1,22 @@
 """The COCO detection job: model, data, COCO evaluator and outputs around the shared trainer.
 
-``run(config, workdir)`` builds ``RetinaNetModel`` and the COCO dataset (``input_pipeline.get_dataset``),
+``run(config, workdir)`` builds the model named by ``config.model_name`` (``model_spec``: ``"crossformer_retinanet"``,
+the default, or ``"crossformer_mask_rcnn"``) and the COCO dataset (``input_pipeline.get_dataset``, with instance masks only for
+Mask R-CNN),
 generates and prepares the synthetic COCO-format stand-in first when ``config.synthetic_data`` is set, converts
 an epoch-based schedule to steps (``resolve_epoch_schedule``), trains with
 ``projects.common.trainer.train_and_evaluate`` (COCO box AP every ``log_eval_steps`` and at the end) and writes
 into ``workdir``: ``config.json`` (the resolved config: data dirs and steps filled in),
 ``coco_bbox_detections.json`` (the COCO results of the last evaluation, written by the
-evaluator), ``eval_results.json`` (AP, AP50, AP75, APs, APm, APl, ...) and ``detections.png`` (the first
-validation images with ground truth in white and detections coloured by class).
+evaluator; Mask R-CNN also ``coco_segm_detections.json`` with RLE masks), ``eval_results.json`` (AP, AP50, AP75,
+APs, APm, APl, ...; Mask R-CNN also mask_AP, ...) and ``detections.png`` (the first validation images with
+ground truth in white and detections coloured by class, Mask R-CNN's masks as coloured overlays).
 """
 
 import copy
 import json
 import os
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Type
 
 from absl import logging
 import jax
@@ -25,11 +28,36 @@ from projects.common import evaluation
 from projects.common import sharding
 from projects import registry
 from projects.common import trainer
+from projects.common.base_model import BaseModel
 from projects.detection import visualize
 from projects.detection.evaluation import CocoEvaluator
+from projects.detection.mask_rcnn import MaskRCNNModel
+from projects.detection.model import RetinaNetModel
 
 RESULTS_FILE = "eval_results.json"
 PNG_FILE = "detections.png"
+
+
+class ModelSpec(NamedTuple):
+  """What the job needs to know about a detection model: its class, COCO iou types and whether it needs masks."""
+  model_class: Type[BaseModel]
+  iou_types: Tuple[str, ...]
+  with_masks: bool
+
+
+# Keyed by the registry names (``projects.registry.MODELS``).
+MODELS: Dict[str, ModelSpec] = {
+    "crossformer_retinanet": ModelSpec(RetinaNetModel, ("bbox",), False),
+    "crossformer_mask_rcnn": ModelSpec(MaskRCNNModel, ("bbox", "segm"), True),
+}
+
+
+def model_spec(config: ml_collections.ConfigDict) -> ModelSpec:
+  """The ``ModelSpec`` of ``config.model_name`` (Scenic's key; ``"crossformer_retinanet"`` when absent)."""
+  name = config.get("model_name") or "crossformer_retinanet"
+  if name not in MODELS:
+    raise ValueError(f"config.model_name {name!r} is not a detection model; known: {sorted(MODELS)}")
+  return MODELS[name]
 
 
 class DetectionEvaluator(CocoEvaluator):
@@ -41,10 +69,10 @@ class DetectionEvaluator(CocoEvaluator):
   """
 
   def __init__(self, meta_data: Mapping[str, Any], predict_fn, output_dir: Optional[str] = None,
-               num_examples: int = 4) -> None:
+               num_examples: int = 4, **kwargs: Any) -> None:
     self.num_examples = num_examples
     self._examples = None
-    super().__init__(meta_data["annotation_file"], meta_data["category_ids"], predict_fn, output_dir)
+    super().__init__(meta_data["annotation_file"], meta_data["category_ids"], predict_fn, output_dir, **kwargs)
 
   def reset(self) -> None:
     super().reset()
@@ -55,7 +83,8 @@ class DetectionEvaluator(CocoEvaluator):
     if self._examples is not None or self.num_examples <= 0:
       return
     local = len(host_batch["batch_mask"])
-    predictions = sharding.to_host({k: processed[k] for k in ("boxes", "scores", "labels", "valid")})
+    keys = ("boxes", "scores", "labels", "valid") + (("mask_probs",) if self.with_masks else ())
+    predictions = sharding.to_host({k: processed[k] for k in keys})
     if jax.process_count() > 1:  # this process's rows of the global batch
       start = jax.process_index() * local
       predictions = jax.tree.map(lambda x: x[start:start + local], predictions)
@@ -159,11 +188,13 @@ def write_results(results: Mapping[str, Any], workdir: str) -> str:
 
 def write_detection_png(examples: Optional[Mapping[str, Any]], path: str,
                         class_names: Optional[Sequence[str]] = None,
-                        score_threshold: float = 0.3) -> Optional[str]:
-  """Saves the evaluator's ``examples`` side by side (ground truth white, detections by class) to ``path``."""
+                        score_threshold: float = 0.3, mask_threshold: float = 0.5) -> Optional[str]:
+  """Saves the evaluator's ``examples`` side by side (ground truth white, detections by class, masks as
+  coloured overlays when predicted) to ``path``."""
   if not examples or not len(examples["batch_mask"]):
     return None
-  drawn = visualize.draw_batch(examples, examples["predictions"], class_names, score_threshold)
+  drawn = visualize.draw_batch(examples, examples["predictions"], class_names, score_threshold,
+                               mask_threshold=mask_threshold)
   return visualize.save_png(path, visualize.tile_images([canvas for _, canvas in drawn]))
 
 
@@ -171,23 +202,30 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         mesh: Optional[jax.sharding.Mesh] = None, **trainer_kwargs: Any) -> trainer.TrainResult:
   """Trains and evaluates the detector of ``config``; writes the results into ``workdir``."""
   os.makedirs(workdir, exist_ok=True)
+  spec = model_spec(config)
+  config = ml_collections.ConfigDict(config)
+  with config.unlocked():
+    config.dataset.with_masks = spec.with_masks  # masks are decoded only for the models that train on them
   config = ensure_synthetic_data(config, workdir)
   mesh = mesh or sharding.create_mesh()
   dataset = build_dataset(config)
   config = resolve_epoch_schedule(config, int(dataset.meta_data["steps_per_epoch"]))
   if jax.process_index() == 0:
     config_utils.save_config(config, workdir)
-  model = registry.get_model_cls(config.get("model_name") or "crossformer_retinanet")(config, dataset.meta_data)
+  model = spec.model_class(config, dataset.meta_data)
+  mask_threshold = float(config.model.get("test_cfg", {}).get("mask_thr_binary", 0.5))
   evaluator = DetectionEvaluator(dataset.meta_data, model.predict, output_dir=workdir,
-                                 num_examples=int(config.get("num_visualized_images", 4)))
+                                 num_examples=int(config.get("num_visualized_images", 4)),
+                                 iou_types=spec.iou_types, mask_threshold=mask_threshold)
   train_fn = registry.get_trainer(config.get("trainer_name") or "crossformer_trainer")
   result = train_fn(model, dataset, config, workdir, evaluator, mesh=mesh, **trainer_kwargs)
   if jax.process_index() == 0 and result.eval_summary:
     path = write_results(result.eval_summary, workdir)
-    logging.info("final box AP %.4f (results in %s)", result.eval_summary.get("AP", float("nan")), path)
+    logging.info("final box AP %.4f, mask AP %.4f (results in %s)", result.eval_summary.get("AP", float("nan")),
+                 result.eval_summary.get("mask_AP", float("nan")), path)
     png = write_detection_png(result.eval_summary.get("examples"), os.path.join(workdir, PNG_FILE),
                               dataset.meta_data.get("class_names"),
-                              float(config.get("visualization_score_threshold", 0.3)))
+                              float(config.get("visualization_score_threshold", 0.3)), mask_threshold)
     if png:
       logging.info("wrote %s", png)
   return result

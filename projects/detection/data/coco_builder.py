@@ -12,10 +12,18 @@ subset or a custom dataset. This builder reads, from the manual dir::
 * ``image`` (the original encoded bytes), ``image/id``, ``image/filename``;
 * ``objects``: ``bbox`` (normalised ``[ymin, xmin, ymax, xmax]`` clipped to the image, like the stock
   builder), ``label`` (contiguous index, categories sorted by COCO id), ``category_id`` (COCO id),
-  ``is_crowd``, ``area`` (the annotation's area, float), ``id`` (the annotation id).
+  ``is_crowd``, ``area`` (the annotation's area, float), ``id`` (the annotation id), and (version >= 1.1.0)
+  ``segmentation``: the instance mask as the counts string of its compressed COCO RLE at the original image
+  size (polygons, uncompressed and compressed RLE, ``iscrowd`` regions included; "" when the annotation has
+  none; ``segmentation.py``).
 
-Images without annotations are kept. The contiguous index <-> COCO id mapping and the annotation files used
-are stored in ``info.metadata`` (``category_ids``, ``annotation_files``); class names are the ``label`` names.
+Versions: 1.0.0 has no ``segmentation``; 1.1.0 adds it (a few hundred bytes per instance, small beside the images).
+Both read the same way; a detection job can still use a 1.0.0 build, a mask job needs 1.1.0
+(``coco_source.make_builder``). The stock tfds ``coco/2017`` builder stores no masks at all.
+
+Images without annotations are kept. The contiguous index <-> COCO id mapping, the annotation files used and,
+per split, the number of annotations without a segmentation are stored in ``info.metadata``
+(``category_ids``, ``annotation_files``, ``annotations_without_segmentation``); class names are the ``label`` names.
 Malformed input (unparsable JSON, a box of negative size, an unknown category or image id, a missing or
 unreadable image, an image whose size differs from its JSON entry) raises ``ValueError`` /
 ``FileNotFoundError`` naming the file and the annotation.
@@ -36,8 +44,13 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from projects.detection.data import segmentation as segmentation_lib
+
 # (split name, image folder, annotation file); relative paths are relative to the manual dir.
 SplitSpec = Tuple[str, str, str]
+
+# The first version that stores instance masks (``objects/segmentation``).
+MASKS_VERSION = tfds.core.Version("1.1.0")
 
 COCO_2017_SPLITS: Tuple[SplitSpec, ...] = (
     ("train", "train2017", "annotations/instances_train2017.json"),
@@ -157,8 +170,10 @@ def _check_image(path: str, image_info: Mapping[str, Any], annotation_file: str)
 class CocoTree(tfds.core.GeneratorBasedBuilder):
   """COCO-format detection dataset read from an extracted tree in the manual dir."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  SUPPORTED_VERSIONS = [tfds.core.Version("1.0.0")]
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "objects/segmentation: instance masks as compressed COCO RLE strings."}
   BUILDER_CONFIGS = [
       CocoTreeConfig(name="2017", description="COCO 2017 train/val (or any subset of it) extracted in "
                      "the manual dir: train2017/, val2017/, annotations/instances_{train,val}2017.json."),
@@ -171,20 +186,28 @@ class CocoTree(tfds.core.GeneratorBasedBuilder):
   Then run: python -m projects.detection.data.prepare_coco --manual_dir <manual_dir> --data_dir <data_dir>
   """
 
+  @property
+  def has_masks(self) -> bool:
+    """Whether this version stores ``objects/segmentation``."""
+    return self.version >= MASKS_VERSION
+
   def _info(self) -> tfds.core.DatasetInfo:
+    objects = {
+        "id": np.int64,
+        "area": np.float32,
+        "bbox": tfds.features.BBoxFeature(),
+        "label": tfds.features.ClassLabel(),
+        "category_id": np.int64,
+        "is_crowd": np.bool_,
+    }
+    if self.has_masks:
+      objects["segmentation"] = tfds.features.Text()
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(None, None, 3)),
             "image/filename": tfds.features.Text(),
             "image/id": np.int64,
-            "objects": tfds.features.Sequence({
-                "id": np.int64,
-                "area": np.float32,
-                "bbox": tfds.features.BBoxFeature(),
-                "label": tfds.features.ClassLabel(),
-                "category_id": np.int64,
-                "is_crowd": np.bool_,
-            }),
+            "objects": tfds.features.Sequence(objects),
         }),
         metadata=tfds.core.MetadataDict(),
         homepage="https://cocodataset.org/#format-data",
@@ -203,6 +226,9 @@ class CocoTree(tfds.core.GeneratorBasedBuilder):
     self.info.metadata["category_ids"] = [cat_id for cat_id, _ in categories]
     self.info.metadata["annotation_files"] = {
         name: os.path.abspath(split.annotation_file)
+        for (name, _, _), split in zip(self.builder_config.splits, splits)}
+    self.info.metadata["annotations_without_segmentation"] = {
+        name: sum(not ann.get("segmentation") for anns in split.annotations.values() for ann in anns)
         for (name, _, _), split in zip(self.builder_config.splits, splits)}
     return {name: self._generate_examples(split)
             for (name, _, _), split in zip(self.builder_config.splits, splits)}
@@ -224,6 +250,10 @@ class CocoTree(tfds.core.GeneratorBasedBuilder):
             "category_id": int(ann["category_id"]),
             "is_crowd": bool(ann.get("iscrowd", 0)),
         })
+        if self.has_masks:
+          objects[-1]["segmentation"] = segmentation_lib.segmentation_to_rle(
+              ann, height, width, f"{split.annotation_file}: annotation id {ann['id']} "
+              f"(image_id {image_info['id']})")
       yield int(image_info["id"]), {
           "image": path,
           "image/filename": image_info["file_name"],

@@ -1,6 +1,7 @@
 """Opening a prepared COCO dataset (``coco_tree`` or the stock ``coco/2017``) for random access.
 
-* ``make_builder`` turns ``config.dataset`` into a tfds builder;
+* ``make_builder`` turns ``config.dataset`` into a tfds builder (for ``with_masks``, one that stores instance
+  masks: ``coco_tree`` >= 1.1.0; a detection job also reads a 1.0.0 build; ``coco/2017`` has no masks);
 * ``check_prepared`` raises ``DatasetNotPreparedError`` with the exact preparation command;
 * ``split_index`` gives per-example image sizes and annotation counts (read once from the records' image
   headers and cached as ``image_index-<split>.npz`` beside the dataset), which the batch planner needs;
@@ -61,13 +62,42 @@ def tree_config(dataset_config: Mapping[str, Any]) -> coco_builder.CocoTreeConfi
   return coco_builder.CocoTreeConfig(name=str(spec["name"]), splits=splits)
 
 
-def make_builder(dataset_config: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
-  """The tfds builder of ``dataset_config.builder`` (``coco_tree`` or ``coco/2017``) in ``data_dir``."""
+class MasksNotAvailableError(ValueError):
+  """A job that needs instance masks was pointed at a dataset that stores none."""
+
+
+def make_builder(dataset_config: Mapping[str, Any], latest: bool = False) -> tfds.core.DatasetBuilder:
+  """The tfds builder of ``dataset_config.builder`` (``coco_tree`` or ``coco/2017``) in ``data_dir``.
+
+  ``coco_tree`` is the newest version (with masks); unless ``dataset_config.with_masks`` is set, an older
+  build without masks (1.0.0) is used when only that one is prepared, so existing detection datasets keep
+  working. ``latest``: always the newest version (the one ``prepare_coco`` builds).
+
+  Raises:
+    MasksNotAvailableError: ``with_masks`` with the stock ``coco/2017`` builder (it has no masks).
+    ValueError: an unknown builder.
+  """
   name = dataset_config.get("builder", TREE_BUILDER)
   data_dir = dataset_config.get("data_dir")
+  with_masks = bool(dataset_config.get("with_masks"))
   if name == TREE_BUILDER:
-    return coco_builder.CocoTree(config=tree_config(dataset_config), data_dir=data_dir)
+    config = tree_config(dataset_config)
+    builder = coco_builder.CocoTree(config=config, data_dir=data_dir)
+    if not latest and not builder.is_prepared():
+      for version in coco_builder.CocoTree.SUPPORTED_VERSIONS:
+        older = coco_builder.CocoTree(config=config, data_dir=data_dir, version=str(version))
+        if older.is_prepared() and (older.has_masks or not with_masks):
+          return older
+    return builder
   if name == STOCK_BUILDER:
+    if with_masks:
+      raise MasksNotAvailableError(
+          f"the stock tfds {STOCK_BUILDER} builder stores boxes but no instance masks, which this job "
+          f"(config.dataset.with_masks, e.g. Mask R-CNN) needs. Use the {TREE_BUILDER} builder on the "
+          "extracted COCO tree (train2017/, val2017/, annotations/instances_*2017.json): "
+          f"--config.dataset.builder={TREE_BUILDER} and prepare it with\n  python -m "
+          f"projects.detection.data.prepare_coco --builder {TREE_BUILDER} --manual_dir <extracted_coco> "
+          f"--data_dir {data_dir or '~/tensorflow_datasets'}")
     return tfds.builder(STOCK_BUILDER, data_dir=data_dir)
   raise ValueError(f"config.dataset.builder must be one of {SUPPORTED_BUILDERS}, got {name!r}")
 
@@ -91,6 +121,16 @@ def prepare_command(dataset_config: Mapping[str, Any]) -> str:
 def check_prepared(builder: tfds.core.DatasetBuilder, dataset_config: Mapping[str, Any]) -> None:
   """Raises ``DatasetNotPreparedError`` (with the preparation command) unless random access is possible."""
   command = prepare_command(dataset_config)
+  if not builder.is_prepared() and isinstance(builder, coco_builder.CocoTree) and dataset_config.get(
+      "with_masks"):
+    older = [str(v) for v in coco_builder.CocoTree.SUPPORTED_VERSIONS
+             if coco_builder.CocoTree(config=builder.builder_config, data_dir=builder.data_dir_root,
+                                      version=str(v)).is_prepared()]
+    if older:
+      raise DatasetNotPreparedError(
+          f"dataset {builder.name}/{builder.builder_config.name} in {builder.data_dir_root} is prepared only "
+          f"as version {', '.join(older)}, which stores no instance masks; this job needs version "
+          f"{builder.version} (masks). Prepare it again (the old version is kept beside it):\n  {command}")
   if not builder.is_prepared():
     if isinstance(builder, coco_builder.CocoTree):
       where = "the extracted COCO-format tree (" + ", ".join(

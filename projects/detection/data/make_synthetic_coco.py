@@ -9,7 +9,8 @@ Images have varied sizes and aspect ratios (landscape, portrait, square) and a t
 Objects are filled, non-overlapping shapes of one distinctive colour per category, at 20% to 60% of the
 short side, so a tiny detector separates them quickly. Category ids are non-contiguous (3, 7, 12). In every
 split, image 0 has no objects and image 1 also holds a cluster of small squares annotated as one crowd region
-(``iscrowd=1``, RLE).
+(``iscrowd=1``, uncompressed RLE). Segmentations come in both COCO forms: squares and triangles as polygons
+(on pixel boundaries, like the boxes), discs as compressed RLE of exactly the drawn pixels.
 Everything is a deterministic function of ``seed``.
 
 Usage: ``python -m projects.detection.data.make_synthetic_coco --out_dir /tmp/synthetic_coco``
@@ -22,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pycocotools import mask as mask_util
 
 # COCO id -> (name, RGB colour); ids deliberately non-contiguous.
 CATEGORIES: Dict[int, Tuple[str, Tuple[int, int, int]]] = {
@@ -46,23 +48,28 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, category_id: int, x0: int, y0: int, size: int,
-                colour: Tuple[int, int, int]) -> Tuple[List[float], float]:
-  """Draws one object with its top-left corner at (x0, y0); returns its polygon and area."""
+                colour: Tuple[int, int, int], image_size: Tuple[int, int]) -> Tuple[Any, float]:
+  """Draws one object with its top-left corner at (x0, y0); returns its COCO segmentation and area.
+
+  Squares and triangles get polygons whose coordinates are pixel boundaries (the square's is its box);
+  discs get the compressed RLE of the drawn pixels (``image_size`` = (h, w)).
+  """
   x1, y1 = x0 + size - 1, y0 + size - 1
   if category_id == 3:
-    polygon = [x0, y0, x1, y0, x1, y1, x0, y1]
     draw.rectangle([x0, y0, x1, y1], fill=colour)
-    return polygon, float(size * size)
+    polygon = [x0, y0, x0 + size, y0, x0 + size, y0 + size, x0, y0 + size]
+    return [[float(v) for v in polygon]], float(size * size)
   if category_id == 7:
     draw.ellipse([x0, y0, x1, y1], fill=colour)
-    angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    disc = Image.new("L", image_size[::-1], 0)
+    ImageDraw.Draw(disc).ellipse([x0, y0, x1, y1], fill=1)
+    rle = mask_util.encode(np.asfortranarray(np.asarray(disc, np.uint8)))
     radius = size / 2
-    cx, cy = x0 + radius, y0 + radius
-    polygon = [float(v) for a in angles for v in (cx + radius * np.cos(a), cy + radius * np.sin(a))]
-    return polygon, float(np.pi * radius * radius)
-  polygon = [x0 + size / 2, y0, x1, y1, x0, y1]
-  draw.polygon(polygon, fill=colour)
-  return [float(v) for v in polygon], float(size * size / 2)
+    return ({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+            float(np.pi * radius * radius))
+  draw.polygon([x0 + size / 2, y0, x1, y1, x0, y1], fill=colour)
+  return [[float(x0 + size / 2), float(y0), float(x0 + size), float(y0 + size), float(x0), float(y0 + size)]], \
+      float(size * size / 2)
 
 
 def _place(rng: np.random.Generator, height: int, width: int, size: int,
@@ -121,8 +128,9 @@ def _make_image(rng: np.random.Generator, index: int, image_id: int, next_ann_id
     if corner is None:  # no room left without overlapping: fewer objects in this image
       continue
     x0, y0 = corner
-    polygon, area = _draw_shape(draw, category_id, x0, y0, size, CATEGORIES[category_id][1])
-    add(category_id, [x0, y0, size, size], area, [polygon], 0)
+    segmentation, area = _draw_shape(draw, category_id, x0, y0, size, CATEGORIES[category_id][1],
+                                     (height, width))
+    add(category_id, [x0, y0, size, size], area, segmentation, 0)
     taken.append((x0, y0, size, size))
   return np.asarray(image), annotations
 

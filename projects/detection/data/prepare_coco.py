@@ -27,8 +27,11 @@ from projects.detection.data import coco_source
 
 
 def prepare(dataset_config: Dict[str, Any]) -> tfds.core.DatasetBuilder:
-  """Builds the dataset ``dataset_config`` describes in array_record format and indexes its splits."""
-  builder = coco_source.make_builder(dataset_config)
+  """Builds the dataset ``dataset_config`` describes in array_record format and indexes its splits.
+
+  ``coco_tree`` is built in its newest version (with instance masks), beside any older build in ``data_dir``.
+  """
+  builder = coco_source.make_builder(dataset_config, latest=True)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=dataset_config["manual_dir"]),
       file_format=tfds.core.file_adapters.FileFormat.ARRAY_RECORD)
