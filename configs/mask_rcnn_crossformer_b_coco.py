@@ -1,4 +1,5 @@
-"""Mask R-CNN + CrossFormer-B on COCO 2017 (official 1x recipe: 12 epochs at batch 16, AdamW 1e-4; 47.2 box / 42.7 mask AP).
+"""Mask R-CNN + CrossFormer-B on COCO 2017 (official 1x recipe: 12 epochs at batch 16, AdamW 1e-4; 47.2 box / 42.7
+mask AP).
 
 python -m projects.detection.main --config configs/mask_rcnn_crossformer_b_coco.py --workdir DIR \
     --config.dataset.data_dir=TFDS_DIR --config.dataset.manual_dir=COCO_DIR \

@@ -11,7 +11,8 @@ and mask AP and writes ``coco_bbox_detections.json``, ``coco_segm_detections.jso
 ``eval_results.json`` and ``detections.png`` (masks as coloured overlays) into the workdir.
 
 Scale: images resized keep-ratio into 192 x 192 (one padded bucket; the synthetic images are 96 to 192
-pixels); a 32-wide CrossFormer with one block per stage, a 32-channel FPN / RPN, a 64-wide box head and a 2-conv 32-channel mask head; fewer proposals and RoI
+pixels); a 32-wide CrossFormer with one block per stage, a 32-channel FPN / RPN, a 64-wide box head and a 2-conv
+32-channel mask head; fewer proposals and RoI
 samples than the full recipe (the images hold at most four objects): 1.3 CPU-seconds per training step.
 
 Schedule: the 1x recipe's shape at a small scale -- 12 epochs of the 127 training images with objects at batch

@@ -4,7 +4,8 @@ configs/<name>.py --workdir DIR`` (the model is ``config.model_name``: RetinaNet
 Override any config key on the command line, e.g. ``--config.num_training_epochs=0 --config.num_training_steps=100
 --config.batch_size=8``. ``--multihost`` (or ``CROSSFORMER_MULTIHOST=1``) calls ``jax.distributed.initialize()``
 first. Outputs (``projects.detection.train``): checkpoints, TensorBoard summaries, ``config.json``,
-``coco_bbox_detections.json`` (Mask R-CNN: also ``coco_segm_detections.json``), ``eval_results.json`` and ``detections.png`` in the workdir; a rerun with the
+``coco_bbox_detections.json`` (Mask R-CNN: also ``coco_segm_detections.json``), ``eval_results.json`` and
+``detections.png`` in the workdir; a rerun with the
 same workdir resumes from the latest checkpoint.
 """
 

@@ -1,7 +1,8 @@
 """The COCO detection job: model, data, COCO evaluator and outputs around the shared trainer.
 
 ``run(config, workdir)`` builds the model named by ``config.model_name`` (``model_spec``: ``"crossformer_retinanet"``,
-the default, or ``"crossformer_mask_rcnn"``) and the COCO dataset (``input_pipeline.get_dataset``, with instance masks only for
+the default, or ``"crossformer_mask_rcnn"``) and the COCO dataset (``input_pipeline.get_dataset``, with instance
+masks only for
 Mask R-CNN),
 generates and prepares the synthetic COCO-format stand-in first when ``config.synthetic_data`` is set, converts
 an epoch-based schedule to steps (``resolve_epoch_schedule``), trains with

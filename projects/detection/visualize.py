@@ -3,7 +3,8 @@
 ``draw_detections`` works on any uint8 image (instance masks, when given, are blended in the class colour
 under the boxes); ``draw_batch`` takes a detection batch (normalised, padded ``inputs``) and the model's
 ``predict`` output (boxes in original-image pixels; Mask R-CNN's ``mask_probs`` are pasted with the boxes in the
-network-input frame) and draws every real example in the network-input frame cropped to the valid region; ``save_batch_pngs`` writes those as one PNG each and
+network-input frame) and draws every real example in the network-input frame cropped to the valid region;
+``save_batch_pngs`` writes those as one PNG each and
 ``tile_images`` puts several side by side (the detection job's ``detections.png``).
 """
 
