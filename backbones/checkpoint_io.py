@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from backbones import hub
 from backbones.crossformer.model import CrossFormer, CrossFormerBackbone
 
 FORMAT = "crossformer-jax/1"
@@ -20,17 +21,22 @@ _RUNTIME_FIELDS = ("dtype", "remat", "out_indices", "parent", "name")
 PathLike = Union[str, os.PathLike]
 
 
-def _architecture(module: nn.Module) -> str:
+def architecture_json(module: nn.Module) -> str:
   """The module's architecture arguments as JSON (msgpack cannot hold tuples)."""
   return json.dumps({f: getattr(module, f) for f in module.__dataclass_fields__
                      if f not in _RUNTIME_FIELDS})
 
 
 def save_converted(path: PathLike, module: nn.Module, variables: Dict[str, Any]) -> pathlib.Path:
-  """Writes ``module``'s architecture and ``variables`` to ``path`` atomically (temp file + rename)."""
+  """Writes ``module``'s architecture and ``variables`` to ``path`` atomically (temp file + rename).
+
+  A ``.safetensors`` path gets a safetensors file (``backbones.hub``), any other a msgpack file.
+  """
   path = pathlib.Path(path)
+  if path.suffix == ".safetensors":
+    return hub.write_safetensors(path, module, variables)
   path.parent.mkdir(parents=True, exist_ok=True)
-  payload = {"format": FORMAT, "module": type(module).__name__, "kwargs": _architecture(module),
+  payload = {"format": FORMAT, "module": type(module).__name__, "kwargs": architecture_json(module),
              "variables": jax.tree.map(np.asarray, variables)}
   data = flax.serialization.msgpack_serialize(payload)
   with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
@@ -42,7 +48,10 @@ def save_converted(path: PathLike, module: nn.Module, variables: Dict[str, Any])
 
 
 def load_converted(path: PathLike) -> Tuple[nn.Module, Dict[str, Any]]:
-  """Reads a file written by :func:`save_converted`: ``(module, variables)``."""
+  """Reads a file written by :func:`save_converted`, a Hub id ``hf-hub:ORG/NAME`` or a folder in the Hub
+  layout (``backbones.hub``): ``(module, variables)``."""
+  if hub.is_hub_id(path) or pathlib.Path(path).is_dir() or str(path).endswith(".safetensors"):
+    return hub.load_pretrained(path)
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"no converted CrossFormer checkpoint at {path}; make one with "
@@ -51,8 +60,22 @@ def load_converted(path: PathLike) -> Tuple[nn.Module, Dict[str, Any]]:
   payload = flax.serialization.msgpack_restore(path.read_bytes())
   if not isinstance(payload, dict) or payload.get("format") != FORMAT:
     raise ValueError(f"{path} is not a converted CrossFormer checkpoint (format {FORMAT!r})")
-  kwargs = {k: _as_tuples(v) for k, v in json.loads(payload["kwargs"]).items()}
-  return _MODULES[payload["module"]](**kwargs), payload["variables"]
+  return module_from_description(payload["module"], payload["kwargs"], path), payload["variables"]
+
+
+def is_converted(source: Any) -> bool:
+  """Whether ``source`` names a converted checkpoint (msgpack, safetensors, Hub id or Hub-layout folder)
+  rather than an official state_dict."""
+  return (hub.is_hub_id(source) or str(source).endswith((".msgpack", ".safetensors"))
+          or pathlib.Path(source).is_dir())
+
+
+def module_from_description(module_name: str, kwargs_json: str, source: Any) -> nn.Module:
+  """The module a converted file describes (class name + architecture JSON); ``source`` names the file."""
+  if module_name not in _MODULES:
+    raise ValueError(f"{source} holds an unknown module {module_name!r}; known: {sorted(_MODULES)}")
+  kwargs = {k: _as_tuples(v) for k, v in json.loads(kwargs_json).items()}
+  return _MODULES[module_name](**kwargs)
 
 
 def _as_tuples(value: Any) -> Any:

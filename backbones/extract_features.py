@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from backbones.checkpoint_io import load_converted
+from backbones.checkpoint_io import is_converted, load_converted
 from backbones.crossformer.model import CrossFormer, CrossFormerBackbone
 from backbones.crossformer.sizes import pad_to_valid_size
 from backbones.factory import create_model, list_models
@@ -51,7 +51,7 @@ def feature_fn(module, variables) -> Callable[[np.ndarray], Dict[str, np.ndarray
 def build_extractor(model: Optional[str], checkpoint: Optional[str], **options: Any):
   """``(backbone module, variables)`` from a converted ``.msgpack`` (its own architecture), or a named
   variant with an official ``.pth``/``.npz`` checkpoint, or a named variant with random weights."""
-  if checkpoint and checkpoint.endswith(".msgpack"):
+  if checkpoint and is_converted(checkpoint):
     stored, variables = load_converted(checkpoint)
     if isinstance(stored, CrossFormer):
       stored = CrossFormerBackbone(**stored.backbone_kwargs())

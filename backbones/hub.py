@@ -1,0 +1,148 @@
+"""Weights as safetensors, and models on the Hugging Face Hub in timm's layout.
+
+A converted model is one ``.safetensors`` file: the variables as flat tensors named by their Flax path
+(``params/stage_1/blocks_0/attn/qkv/kernel``) and, in the safetensors header metadata, the format tag, the
+module class and its architecture arguments as JSON. A Hub repository (timm's layout) holds that file as
+``model.safetensors`` plus a ``config.json`` with ``architecture``, ``model_args`` and ``pretrained_cfg``.
+
+    save_pretrained("out/crossformer_s", module, variables)          # a folder in the Hub layout
+    push_to_hub("ORG/crossformer_s", module, variables)              # the same, uploaded
+    module, variables = load_pretrained("hf-hub:ORG/crossformer_s")   # downloaded once, then cached
+    module, variables = load_pretrained("out/crossformer_s")          # a local folder
+    module, variables = create_model("crossformer_s", pretrained="hf-hub:ORG/crossformer_s")
+
+Downloads go through ``huggingface_hub`` and its cache (``HF_HOME`` / ``HF_HUB_CACHE``); with
+``HF_HUB_OFFLINE=1`` only the cache is read. Nothing in these files is executed: safetensors holds raw
+tensors and the metadata is parsed as JSON.
+"""
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import flax
+import flax.linen as nn
+import numpy as np
+
+HUB_PREFIX = "hf-hub:"
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+PathLike = Union[str, os.PathLike]
+
+
+def is_hub_id(source: Any) -> bool:
+  """Whether ``source`` names a Hub repository (``hf-hub:ORG/NAME[@REVISION]``)."""
+  return isinstance(source, str) and source.startswith(HUB_PREFIX)
+
+
+def _flatten(variables: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables))
+  return {"/".join(key): np.ascontiguousarray(np.asarray(value)) for key, value in flat.items()}
+
+
+def _unflatten(tensors: Mapping[str, np.ndarray]) -> Dict[str, Any]:
+  return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in tensors.items()})
+
+
+def _atomic_write(path: pathlib.Path, write: Any) -> pathlib.Path:
+  """Calls ``write(tmp_path)`` on a temp file beside ``path`` and renames it into place (mode 0644)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  os.close(fd)
+  try:
+    write(tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def write_safetensors(path: PathLike, module: nn.Module, variables: Mapping[str, Any]) -> pathlib.Path:
+  """Writes ``module``'s architecture and ``variables`` as one ``.safetensors`` file, atomically."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from backbones import checkpoint_io  # pylint: disable=g-import-not-at-top  (checkpoint_io imports us)
+  metadata = {"format": checkpoint_io.FORMAT, "module": type(module).__name__,
+              "kwargs": checkpoint_io.architecture_json(module)}
+  tensors = _flatten(variables)
+  return _atomic_write(pathlib.Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_safetensors(path: PathLike) -> Tuple[nn.Module, Dict[str, Any]]:
+  """Reads a file written by :func:`write_safetensors`: ``(module, variables)``."""
+  from safetensors import SafetensorError, safe_open  # pylint: disable=g-import-not-at-top
+  from backbones import checkpoint_io  # pylint: disable=g-import-not-at-top
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"checkpoint not found: {path}")
+  try:
+    with safe_open(str(path), framework="numpy") as f:
+      metadata = f.metadata() or {}
+      tensors = {key: f.get_tensor(key) for key in f.keys()}
+  except (SafetensorError, OSError, ValueError) as e:
+    raise ValueError(f"{path} is not a valid .safetensors file: {e}") from None
+  if metadata.get("format") != checkpoint_io.FORMAT or "module" not in metadata:
+    raise ValueError(f"{path} is a safetensors file but not a converted CrossFormer checkpoint (its "
+                     f"metadata lacks format {checkpoint_io.FORMAT!r}); convert official weights with "
+                     "`python -m backbones.convert_checkpoint`")
+  module = checkpoint_io.module_from_description(metadata["module"], metadata.get("kwargs", "{}"), path)
+  return module, _unflatten(tensors)
+
+
+def save_pretrained(directory: PathLike, module: nn.Module, variables: Mapping[str, Any],
+                    pretrained_cfg: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
+  """Writes ``directory/model.safetensors`` and ``directory/config.json`` (timm's Hub layout)."""
+  from backbones import checkpoint_io  # pylint: disable=g-import-not-at-top
+  directory = pathlib.Path(directory)
+  write_safetensors(directory / WEIGHTS_NAME, module, variables)
+  config = {"architecture": type(module).__name__,
+            "model_args": json.loads(checkpoint_io.architecture_json(module)),
+            "pretrained_cfg": dict(pretrained_cfg or {})}
+  text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+  _atomic_write(directory / CONFIG_NAME, lambda tmp: pathlib.Path(tmp).write_text(text))
+  return directory
+
+
+def push_to_hub(repo_id: str, module: nn.Module, variables: Mapping[str, Any],
+                pretrained_cfg: Optional[Mapping[str, Any]] = None, private: bool = False,
+                commit_message: str = "Upload CrossFormer weights") -> str:
+  """Uploads the :func:`save_pretrained` layout to ``repo_id`` (needs a Hub token); returns the Hub id."""
+  import huggingface_hub  # pylint: disable=g-import-not-at-top
+  api = huggingface_hub.HfApi()
+  api.create_repo(repo_id, private=private, exist_ok=True)
+  with tempfile.TemporaryDirectory() as tmp:
+    save_pretrained(tmp, module, variables, pretrained_cfg)
+    api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+  return HUB_PREFIX + repo_id
+
+
+def download(hub_id: str) -> pathlib.Path:
+  """The local folder of ``hf-hub:ORG/NAME[@REVISION]`` (downloaded once; the cache only when offline)."""
+  import huggingface_hub  # pylint: disable=g-import-not-at-top
+  repo_id, _, revision = hub_id[len(HUB_PREFIX):].partition("@")
+  if repo_id.count("/") != 1:
+    raise ValueError(f"bad Hub id {hub_id!r}: expected hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION")
+  try:
+    folder = huggingface_hub.snapshot_download(repo_id, revision=revision or None,
+                                               allow_patterns=[WEIGHTS_NAME, CONFIG_NAME])
+  except Exception as e:  # pylint: disable=broad-except  (the hub raises many types; all mean "not here")
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+    raise FileNotFoundError(
+        f"cannot get {hub_id}: {type(e).__name__}: {e}"
+        + (" (HF_HUB_OFFLINE is set: only the local Hub cache is read)" if offline else "")) from None
+  return pathlib.Path(folder)
+
+
+def load_pretrained(source: PathLike) -> Tuple[nn.Module, Dict[str, Any]]:
+  """``(module, variables)`` from ``hf-hub:ORG/NAME``, a folder in the Hub layout, or a ``.safetensors``."""
+  path = download(str(source)) if is_hub_id(source) else pathlib.Path(source)
+  if path.is_dir():
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+      raise FileNotFoundError(f"{source}: no {WEIGHTS_NAME} in {path}")
+    return read_safetensors(weights)
+  return read_safetensors(path)
