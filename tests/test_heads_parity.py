@@ -53,6 +53,19 @@ def test_perturbed_weight_fails(heads_dir, tmp_path, capsys):
   assert "ok   upernet:out/b2_128x128/aux_logits" in out  # the auxiliary head does not use that weight
 
 
+def test_weights_that_do_not_fit_fail_by_name(heads_dir, tmp_path, capsys):
+  with np.load(heads_dir / "semantic_fpn.npz") as data:
+    arrays = {k: data[k] for k in data.files if k != "sd/neck.fpn_convs.1.conv.bias"}
+  arrays["sd/neck.extra.weight"] = np.zeros((2, 2), np.float32)
+  np.savez(tmp_path / "semantic_fpn.npz", **arrays)
+  shutil.copy(heads_dir / "semantic_fpn.json", tmp_path / "semantic_fpn.json")
+  assert main([str(tmp_path / "semantic_fpn.npz")]) == 1
+  out = capsys.readouterr().out
+  assert "FAIL semantic_fpn:sd/neck.extra.weight" in out
+  assert "FAIL semantic_fpn:param params/neck/fpn_convs_1/conv/bias" in out
+  assert "FAIL semantic_fpn:out/b2_128x128/logits" in out  # not run, and said so
+
+
 def test_unknown_kind_and_missing_file(heads_dir, tmp_path, capsys):
   assert main([str(tmp_path / "missing.npz")]) == 2
   meta = json.loads((heads_dir / "upernet.json").read_text())

@@ -124,7 +124,7 @@ def test_convert_command_pth_with_meta(tmp_path, capsys):
   assert stat.S_IMODE(os.stat(out).st_mode) == 0o644
   config, variables = model_io.load_model_file(out)
   assert config.model.test_cfg.version == "mmdet2"
-  assert list(config.dataset_meta.class_names) == list(names)
+  assert config.dataset_meta.class_names == names and config.model.anchor.strides == (8, 16, 32, 64, 128)
   assert len(config.dataset_meta.category_ids) == 80
   assert model_io.parameter_counts(variables)["total"] == 40_824_958
 

@@ -20,7 +20,13 @@ def run_fixture(path: str, report: Report) -> None:
     report.fail(f"{path}", f"no runner for fixture kind {kind!r} (known: {sorted(RUNNERS)})")
     return
   module_name, function = RUNNERS[kind].split(":")
-  runner = getattr(importlib.import_module(module_name), function)
+  try:
+    runner = getattr(importlib.import_module(module_name), function)
+  except ModuleNotFoundError as e:
+    if e.name != module_name:
+      raise
+    report.fail(f"{path}", f"the runner for kind {kind!r} ({module_name}) is not installed")
+    return
   previous = report.prefix
   report.prefix = f"{meta.get('fixture', kind)}:"
   try:

@@ -1,7 +1,7 @@
 """What the segmentation and detection runners share: the given pyramid as a backbone, case inputs, layouts."""
 
 import re
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -66,9 +66,3 @@ def convert_weights(arrays: Mapping[str, np.ndarray], expected: Mapping[str, Any
   for path in conversion.missing:
     report.fail(f"param {path}", "model parameter missing from sd/")
   return variables, conversion.ok
-
-
-def unused(report: Any, keys: Sequence[str], why: str) -> None:
-  """Reports every stored output that a runner did not compare."""
-  for key in keys:
-    report.fail(key, why)

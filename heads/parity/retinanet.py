@@ -10,7 +10,6 @@ Conventions translated here (inputs/outputs only): NCHW <-> NHWC, mmdet's ``gt_i
 the valid region (ours leave them unassigned with zero weight), background label = num_classes.
 """
 
-import dataclasses
 import re
 from typing import Any, Dict, List, Mapping, Tuple
 
@@ -74,7 +73,12 @@ def run(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], report: Any) 
   names = common.cases(arrays, meta)
   model = build(meta, [x.shape[-1] for x in common.pyramid(arrays, names[0])])
   from projects.common.model_io import variable_shapes  # pylint: disable=g-import-not-at-top
-  variables, _ = common.convert_weights(arrays, variable_shapes(model), report)
+  variables, converted = common.convert_weights(arrays, variable_shapes(model), report)
+  if not converted:
+    for case in names:
+      for key in common.outputs_of(arrays, case):
+        report.fail(key, "not run: the sd/ weights do not fit the model built from mm_config")
+    return
   net = model.flax_model
   m = model.config.model
   num_classes = model.num_classes

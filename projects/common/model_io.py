@@ -145,8 +145,17 @@ def load_model_file(path: PathLike) -> Tuple[ml_collections.ConfigDict, Dict[str
                      "backbones.convert_checkpoint?)")
   if payload["format"] != FORMAT:
     raise ValueError(f"{path} has format {payload['format']!r}, expected {FORMAT!r}")
-  config = ml_collections.ConfigDict(json.loads(payload["config"]))
+  config = ml_collections.ConfigDict(_lists_to_tuples(json.loads(payload["config"])))
   return config, payload["variables"]
+
+
+def _lists_to_tuples(value: Any) -> Any:
+  """JSON lists back to the tuples the configs are written with."""
+  if isinstance(value, dict):
+    return {k: _lists_to_tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_lists_to_tuples(v) for v in value)
+  return value
 
 
 # --------------------------------------------------------------------------------- official checkpoints
