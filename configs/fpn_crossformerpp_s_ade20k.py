@@ -2,7 +2,7 @@
 batch 16, mIoU 47.4); backbone G (7, 7, 7, 7), I (8, 4, 2, 1), ACL (``configs/crossformerpp_base.py``).
 
 python -m projects.segmentation.main --config configs/fpn_crossformerpp_s_ade20k.py --workdir DIR \
-    --config.dataset.data_dir=TFDS_DIR --config.model.backbone.checkpoint=CONVERTED_PP_IMAGENET_CKPT
+    --config.dataset.data_dir=TFDS_DIR --config.init_from.checkpoint_path=CONVERTED_PP_IMAGENET_CKPT
 """
 
 from configs import crossformerpp_base

@@ -4,7 +4,7 @@ batch 16, AdamW 1e-4; box AP 45.1); backbone G (7, 7, 7, 7), I (8, 4, 2, 1), ACL
 
 python -m projects.detection.main --config configs/retinanet_crossformerpp_s_coco.py --workdir DIR \
     --config.dataset.data_dir=TFDS_DIR --config.dataset.manual_dir=COCO_DIR \
-    --config.model.backbone.checkpoint=CONVERTED_PP_IMAGENET_CKPT
+    --config.init_from.checkpoint_path=CONVERTED_PP_IMAGENET_CKPT
 """
 
 from configs import crossformerpp_base

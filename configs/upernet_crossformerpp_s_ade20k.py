@@ -3,7 +3,7 @@ batch 16, mIoU 49.4 / 50.8 MS); backbone G (7, 7, 7, 7), I (8, 4, 2, 1), ACL
 (``configs/crossformerpp_base.py``).
 
 python -m projects.segmentation.main --config configs/upernet_crossformerpp_s_ade20k.py --workdir DIR \
-    --config.dataset.data_dir=TFDS_DIR --config.model.backbone.checkpoint=CONVERTED_PP_IMAGENET_CKPT
+    --config.dataset.data_dir=TFDS_DIR --config.init_from.checkpoint_path=CONVERTED_PP_IMAGENET_CKPT
 """
 
 from configs import crossformerpp_base

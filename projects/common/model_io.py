@@ -13,7 +13,7 @@ import json
 import os
 import pathlib
 import tempfile
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import flax
 import jax
@@ -32,30 +32,35 @@ _SHAPE_PROBE_SIZE = 128
 # ------------------------------------------------------------------------------------------------ models
 
 def model_kind(config: ml_collections.ConfigDict) -> str:
-  """``"segmentation"`` (``config.model.decode_head``) or ``"retinanet"`` (``config.model.bbox_head``)."""
+  """``"segmentation"``, ``"mask_rcnn"`` or ``"retinanet"``: from ``config.model_name`` (the registry name) when
+  set, else from the ``config.model`` key that marks the model (``decode_head``, ``rpn_head``, ``bbox_head``)."""
+  name = config.get("model_name")
+  for kind, (registry_name, _) in MODEL_KINDS.items():
+    if name == registry_name:
+      return kind
   model = config.get("model")
   if model is None:
     raise ValueError("the config has no 'model' field")
-  for kind, key in MODEL_KINDS.items():
+  for kind, (_, key) in MODEL_KINDS.items():
     if model.get(key) is not None:
       return kind
-  raise ValueError(f"config.model describes no known model (needs one of {sorted(MODEL_KINDS.values())})")
+  raise ValueError(f"config.model describes no known model (model_name {name!r}; needs one of the keys "
+                   f"{sorted(key for _, key in MODEL_KINDS.values())})")
 
 
-def _segmentation_model(config, meta):
-  from projects.segmentation.model import SegmentationModel  # pylint: disable=g-import-not-at-top
-  return SegmentationModel(config, meta)
+def model_class(config: ml_collections.ConfigDict) -> type:
+  """The ``BaseModel`` class of ``config``'s model (through ``projects.registry``)."""
+  from projects import registry  # pylint: disable=g-import-not-at-top
+  return registry.get_model_cls(MODEL_KINDS[model_kind(config)][0])
 
 
-def _retinanet_model(config, meta):
-  from projects.detection.model import RetinaNetModel  # pylint: disable=g-import-not-at-top
-  return RetinaNetModel(config, meta)
-
-
-# model kind -> the config.model key that marks it; kind -> constructor(config, dataset_meta). Extensible.
-MODEL_KINDS: Dict[str, str] = {"segmentation": "decode_head", "retinanet": "bbox_head"}
-MODEL_BUILDERS: Dict[str, Callable[[ml_collections.ConfigDict, Dict[str, Any]], Any]] = {
-    "segmentation": _segmentation_model, "retinanet": _retinanet_model}
+# model kind -> (its projects.registry name, the config.model key that marks it), checked in this order
+# (Mask R-CNN also has a bbox_head). Extensible.
+MODEL_KINDS: Dict[str, Tuple[str, str]] = {
+    "segmentation": ("crossformer_segmentation", "decode_head"),
+    "mask_rcnn": ("crossformer_mask_rcnn", "rpn_head"),
+    "retinanet": ("crossformer_retinanet", "bbox_head"),
+}
 
 
 def default_dataset_meta(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -68,7 +73,11 @@ def default_dataset_meta(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     return meta
   if model_kind(config) == "segmentation":
     from projects.segmentation.data import ade20k_classes  # pylint: disable=g-import-not-at-top
-    num = int((config.get("dataset") or {}).get("num_classes", ade20k_classes.NUM_CLASSES))
+    num = (config.get("dataset") or {}).get("num_classes", ade20k_classes.NUM_CLASSES)
+    if num is None:
+      raise ValueError("the config takes num_classes from its dataset (config.dataset.num_classes is None): "
+                       "use a training run's config.json, or set --config.dataset.num_classes=K")
+    num = int(num)
     names = list(ade20k_classes.CLASS_NAMES) if num == ade20k_classes.NUM_CLASSES else None
     return {"num_classes": num, "class_names": names or [f"class_{i}" for i in range(num)]}
   from projects.detection.data import coco_classes  # pylint: disable=g-import-not-at-top
@@ -79,7 +88,7 @@ def default_dataset_meta(config: ml_collections.ConfigDict) -> Dict[str, Any]:
 def build_model(config: ml_collections.ConfigDict, dataset_meta: Optional[Mapping[str, Any]] = None):
   """The task model of ``config`` (``dataset_meta`` defaults to ``default_dataset_meta(config)``)."""
   meta = dict(dataset_meta) if dataset_meta is not None else default_dataset_meta(config)
-  return MODEL_BUILDERS[model_kind(config)](config, meta)
+  return model_class(config)(config, meta)
 
 
 def variable_shapes(model: Any) -> Dict[str, Any]:

@@ -52,20 +52,9 @@ def load_job_config(config_or_path: ConfigOrPath) -> ml_collections.ConfigDict:
 
 
 def task_of(config: ml_collections.ConfigDict) -> str:
-  """``"segmentation"`` (``config.model.decode_head``) or ``"detection"`` (``config.model.bbox_head``)."""
+  """``"segmentation"`` or ``"detection"`` (RetinaNet, Mask R-CNN) of ``config``'s model."""
   kind = model_io.model_kind(config)
-  return "detection" if kind == "retinanet" else kind
-
-
-def model_class(task: str) -> type:
-  """The ``BaseModel`` class of ``task``."""
-  if task == "segmentation":
-    from projects.segmentation.model import SegmentationModel  # pylint: disable=g-import-not-at-top
-    return SegmentationModel
-  if task == "detection":
-    from projects.detection.model import RetinaNetModel  # pylint: disable=g-import-not-at-top
-    return RetinaNetModel
-  raise ValueError(f"unknown task {task!r}")
+  return "segmentation" if kind == "segmentation" else "detection"
 
 
 def workdir_checkpoint(path: Union[str, os.PathLike]) -> Optional[Tuple[pathlib.Path, Optional[pathlib.Path]]]:
@@ -181,9 +170,8 @@ def build_model(config: ml_collections.ConfigDict, meta_data: Mapping[str, Any])
   config = ml_collections.ConfigDict(config)
   with config.unlocked():
     if config.model.get("backbone") is not None:
-      config.model.backbone.checkpoint = None
       config.model.backbone.drop_path_rate = 0.0
-  return model_class(task_of(config))(config, dict(meta_data))
+  return model_io.model_class(config)(config, dict(meta_data))
 
 
 def check_variables(model: BaseModel, variables: Mapping[str, Any], source: str) -> Dict[str, Any]:

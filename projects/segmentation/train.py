@@ -9,6 +9,7 @@ original size, ``SegmentationEvaluator``) and writes into
 (image | ground truth | prediction for the first validation images).
 """
 
+import copy
 import json
 import os
 from typing import Any, Dict, Mapping, Optional
@@ -30,7 +31,8 @@ from projects.segmentation.model import SegmentationModel
 
 
 def original_label(raw: np.ndarray) -> np.ndarray:
-  """ADE20K's raw annotation values to training labels: 0 ("other", padding) -> -1, k -> k - 1."""
+  """Label codes (``orig_label``; ADE20K's raw values) to training labels: 0 (ignore, padding) -> -1,
+  k -> k - 1."""
   return np.asarray(raw, np.int32) - 1
 
 
@@ -174,8 +176,20 @@ def ensure_synthetic_data(config: ml_collections.ConfigDict, workdir: str) -> ml
 
 
 def build_dataset(config: ml_collections.ConfigDict) -> Any:
-  """The ``Dataset`` registered as ``config.dataset_name`` (default ``ade20k``: ``pipeline.get_dataset``)."""
+  """The ``Dataset`` registered as ``config.dataset_name`` (default ``ade20k``: ``pipeline.get_dataset``, which serves
+  every segmentation dataset of ``config.dataset.name``)."""
   return registry.get_dataset_fn(config.get("dataset_name") or "ade20k")(config)
+
+
+def with_dataset_meta(config: ml_collections.ConfigDict,
+                      meta_data: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with ``dataset_meta`` (``num_classes``, ``class_names``) of its dataset, as model
+  files store it: restoring the run (predict, evaluate) then knows its classes without the data."""
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.dataset_meta = ml_collections.ConfigDict({
+        "num_classes": int(meta_data["num_classes"]), "class_names": list(meta_data["class_names"])})
+  return config
 
 
 def write_results(results: Mapping[str, Any], workdir: str) -> Dict[str, str]:
@@ -213,7 +227,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   mesh = mesh or sharding.create_mesh()
   dataset = build_dataset(config)
   if jax.process_index() == 0:
-    config_utils.save_config(config, workdir)
+    config_utils.save_config(with_dataset_meta(config, dataset.meta_data), workdir)
   model = registry.get_model_cls(config.get("model_name") or "crossformer_segmentation")(config, dataset.meta_data)
   evaluator = SegmentationEvaluator(model, num_examples=int(config.get("num_visualized_images", 4)),
                                     test_time=predictor.test_time_from_config(config))

@@ -1,4 +1,9 @@
-"""ADE20K input pipelines and ``get_dataset`` (the dataset interface of docs/CONTRACTS.md).
+"""Segmentation input pipelines and ``get_dataset`` (the dataset interface of docs/CONTRACTS.md).
+
+``config.dataset.name`` selects the tfds dataset (``datasets.DATASETS``: ``ade20k_challenge``, your own
+``segmentation_folder``, ``cityscapes_train_ids``); images and masks are decoded and the masks mapped to label
+codes (0 = ignore, c + 1 = class c; ADE20K's raw values) as that table says, and everything below is the same
+for every dataset.
 
 Training follows the official CrossFormer/mmseg recipe (``transforms.train_transform``): random rescale of
 ``scale`` by ``ratio_range``, random crop with ``cat_max_ratio``, flip, PhotoMetricDistortion, normalisation,
@@ -18,9 +23,10 @@ annotation at its original size (``orig_label``, padded into a per-bucket canvas
 scores as mmseg does: predictions resized back to the original size (``projects.segmentation.train``).
 
 Batches are dicts of numpy arrays: ``inputs`` float32 (B, H, W, 3), ``label`` int32 (B, H, W) with classes
-0..149 and -1 = ignore, ``batch_mask`` float32 (B,), and for evaluation ``image_size`` int32 (B, 2), the valid
-(h, w) region, ``orig_label`` uint8 (B, Hc, Wc), the raw annotation at its original size (ADE20K values: 0 =
-ignore, k = class k - 1; 0 in the padding) and ``orig_size`` int32 (B, 2), its (h, w); fillers have size 0.
+0..K-1 and -1 = ignore, ``batch_mask`` float32 (B,), and for evaluation ``image_size`` int32 (B, 2), the valid
+(h, w) region, ``orig_label`` uint8 (B, Hc, Wc), the annotation at its original size as label codes (0 =
+ignore, k = class k - 1, ADE20K's raw values; 0 in the padding) and ``orig_size`` int32 (B, 2), its (h, w);
+fillers have size 0.
 """
 
 import math
@@ -33,8 +39,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from projects.common.dataset import Batch, Dataset
-from projects.segmentation.data import ade20k_builder
 from projects.segmentation.data import ade20k_classes
+from projects.segmentation.data import datasets
 from projects.segmentation.data import transforms
 
 DATASET_NAME = "ade20k_challenge"
@@ -52,8 +58,9 @@ _MAX_EPOCHS = 2 ** 40
 def default_dataset_config() -> ml_collections.ConfigDict:
   """``config.dataset`` of the official recipe; ``get_dataset`` fills keys missing from a config from it.
 
-  Keys: ``name`` (``"ade20k_challenge"``), ``data_dir`` (tfds data dir; None = tfds's default),
-  ``num_classes`` (150), ``scale`` / ``ratio_range`` (train Resize), ``crop_size`` (h, w), ``cat_max_ratio``,
+  Keys: ``name`` (a key of ``datasets.DATASETS``, ``"ade20k_challenge"``), ``data_dir`` (tfds data dir; None
+  = tfds's default), ``num_classes`` (150 for ADE20K; for other datasets None = the dataset's class count,
+  or that count), ``scale`` / ``ratio_range`` (train Resize), ``crop_size`` (h, w), ``cat_max_ratio``,
   ``flip_prob``, ``photometric_distortion``, ``shuffle_buffer_size`` (records, per process),
   ``eval_scale`` / ``size_divisor`` (test AlignResize), ``eval_buckets`` (None = ``default_eval_buckets``, or
   a list of (h, w) multiples of ``size_divisor``). Batch sizes are ``config.batch_size`` and
@@ -95,6 +102,8 @@ def default_eval_buckets(eval_scale: Sequence[int], size_divisor: int,
 
 
 class _Settings(NamedTuple):
+  name: str
+  num_classes: Optional[int]
   data_dir: Optional[str]
   scale: Tuple[int, int]
   ratio_range: Tuple[float, float]
@@ -122,10 +131,12 @@ def _settings(config: ml_collections.ConfigDict) -> _Settings:
   if unknown:
     raise ValueError(f"unknown config.dataset keys {unknown}; known: {sorted(defaults.keys())}")
   cfg = {**defaults.to_dict(), **given.to_dict()}
-  if cfg["name"] != DATASET_NAME:
-    raise ValueError(f"config.dataset.name must be {DATASET_NAME!r} for this pipeline, got {cfg['name']!r}")
-  if cfg["num_classes"] != ade20k_classes.NUM_CLASSES:
+  datasets.get(cfg["name"])
+  if cfg["name"] == DATASET_NAME and cfg["num_classes"] != ade20k_classes.NUM_CLASSES:
     raise ValueError(f"config.dataset.num_classes must be {ade20k_classes.NUM_CLASSES} for ADE20K, "
+                     f"got {cfg['num_classes']}")
+  if cfg["num_classes"] is not None and int(cfg["num_classes"]) < 1:
+    raise ValueError(f"config.dataset.num_classes must be positive (or None: the dataset's), "
                      f"got {cfg['num_classes']}")
   ratio_range = _pair(cfg["ratio_range"], "ratio_range", float)
   if ratio_range[0] > ratio_range[1]:
@@ -144,6 +155,7 @@ def _settings(config: ml_collections.ConfigDict) -> _Settings:
     buckets = tuple(_pair(b, "eval_buckets[...]") for b in cfg["eval_buckets"])
     _check_buckets(buckets, eval_scale, divisor)
   return _Settings(
+      name=cfg["name"], num_classes=None if cfg["num_classes"] is None else int(cfg["num_classes"]),
       data_dir=cfg["data_dir"], scale=_pair(cfg["scale"], "scale"), ratio_range=ratio_range,
       crop_size=_pair(cfg["crop_size"], "crop_size"), cat_max_ratio=float(cfg["cat_max_ratio"]),
       flip_prob=float(cfg["flip_prob"]), photometric_distortion=bool(cfg["photometric_distortion"]),
@@ -173,17 +185,9 @@ def _local_batch_size(config: ml_collections.ConfigDict, key: str, process_count
   return int(global_size) // process_count
 
 
-def load_builder(data_dir: Optional[str]) -> ade20k_builder.Ade20kChallenge:
-  """The prepared ``ade20k_challenge`` builder; raises ``FileNotFoundError`` with the command if missing."""
-  builder = ade20k_builder.Ade20kChallenge(data_dir=data_dir)
-  if not builder.is_prepared():
-    raise FileNotFoundError(
-        f"the {DATASET_NAME} dataset (version {builder.version}) is not prepared in {builder.data_dir_root}. "
-        f"Put the official {ade20k_builder.ZIP_NAME} (or its extracted {ade20k_builder.ROOT}/ folder) in a "
-        f"MANUAL_DIR and run:\n  {ade20k_builder.prepare_command(data_dir or builder.data_dir_root)}\n"
-        "(for a small generated stand-in, first run python -m "
-        "projects.segmentation.data.make_synthetic_ade20k --out_dir DIR and pass DIR as --manual_dir)")
-  return builder
+def load_builder(data_dir: Optional[str], name: str = DATASET_NAME) -> tfds.core.DatasetBuilder:
+  """The prepared builder of dataset ``name``; raises ``FileNotFoundError`` with the command if missing."""
+  return datasets.load_builder(name, data_dir)
 
 
 def _deterministic(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -196,7 +200,7 @@ def _stream_seed(seed: int, stream: int) -> tf.Tensor:
   return tf.constant([seed, stream], tf.int64)
 
 
-def train_dataset(builder: ade20k_builder.Ade20kChallenge, settings: _Settings, *, seed: int, start_step: int,
+def train_dataset(builder: tfds.core.DatasetBuilder, settings: _Settings, *, seed: int, start_step: int,
                   batch_size: int, process_index: int, process_count: int) -> tf.data.Dataset:
   """This process's training batches from ``start_step`` on (infinite; see the module docstring)."""
   num_examples = builder.info.splits["train"].num_examples
@@ -210,6 +214,7 @@ def train_dataset(builder: ade20k_builder.Ade20kChallenge, settings: _Settings, 
   records = records.map(lambda ex: (ex["image"], ex["segmentation"])).enumerate(start=low)
   start_epoch, offset = divmod(start_step * batch_size, high - low)
   shuffle_seed, augment_seed = _stream_seed(seed, _SHUFFLE_STREAM), _stream_seed(seed, _AUGMENT_STREAM)
+  decode = datasets.decoder(settings.name, builder)
 
   def epoch(e):
     epoch_seed = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(shuffle_seed, e),
@@ -221,7 +226,7 @@ def train_dataset(builder: ade20k_builder.Ade20kChallenge, settings: _Settings, 
     key = tf.random.experimental.stateless_fold_in(
         tf.random.experimental.stateless_fold_in(augment_seed, e), index)
     inputs, label = transforms.train_transform(
-        tf.io.decode_jpeg(example[0], channels=3), tf.io.decode_png(example[1], channels=1), key,
+        *decode(example[0], example[1]), key,
         scale=settings.scale, ratio_range=settings.ratio_range, crop_size=settings.crop_size,
         cat_max_ratio=settings.cat_max_ratio, flip_prob=settings.flip_prob,
         photometric=settings.photometric_distortion)
@@ -234,26 +239,27 @@ def train_dataset(builder: ade20k_builder.Ade20kChallenge, settings: _Settings, 
 
 def original_canvases(assigned: tf.data.Dataset, num_buckets: int, divisor: int) -> np.ndarray:
   """(num_buckets, 2) int32: per eval bucket, the largest original (h, w) of its images rounded up to
-  ``divisor`` (at least ``divisor``): the padded shape of the batches' ``orig_label``. Reads only the JPEG
+  ``divisor`` (at least ``divisor``): the padded shape of the batches' ``orig_label``. Reads only the JPEG/PNG
   headers of ``assigned`` = ``(bucket, image bytes, label bytes)`` records."""
   canvases = np.full((num_buckets, 2), divisor, np.int64)
-  shapes = assigned.map(lambda bucket, image, _: (bucket, tf.image.extract_jpeg_shape(image)[:2]),
+  shapes = assigned.map(lambda bucket, image, _: (bucket, datasets.encoded_image_shape(image)),
                         num_parallel_calls=tf.data.AUTOTUNE)
   for bucket, shape in tfds.as_numpy(shapes):
     canvases[bucket] = np.maximum(canvases[bucket], -(-shape // divisor) * divisor)
   return canvases.astype(np.int32)
 
 
-def eval_dataset(builder: ade20k_builder.Ade20kChallenge, settings: _Settings, *, batch_size: int,
+def eval_dataset(builder: tfds.core.DatasetBuilder, settings: _Settings, *, batch_size: int,
                  process_index: int, process_count: int) -> tf.data.Dataset:
   """One pass over the validation split in bucketed batches of this process's ``batch_size``."""
   buckets = tf.constant(settings.eval_buckets, tf.int32)
   global_batch = batch_size * process_count
   records = builder.as_dataset(split="validation", shuffle_files=False, decoders=_SKIP_IMAGES,
                                read_config=_READ_CONFIG)
+  decode = datasets.decoder(settings.name, builder)
 
   def assign_bucket(example):
-    shape = tf.image.extract_jpeg_shape(example["image"])
+    shape = datasets.encoded_image_shape(example["image"])
     height, width = transforms.align_resize_size(shape[0], shape[1], settings.eval_scale,
                                                  settings.size_divisor)
     fits = (height <= buckets[:, 0]) & (width <= buckets[:, 1])
@@ -267,13 +273,12 @@ def eval_dataset(builder: ade20k_builder.Ade20kChallenge, settings: _Settings, *
     bucket_shape, canvas = buckets[bucket], canvases[bucket]
 
     def fn(_, image, segmentation):
-      raw_label = tf.io.decode_png(segmentation, channels=1)
+      image, raw_label = decode(image, segmentation)
       inputs, label = transforms.eval_transform(
-          tf.io.decode_jpeg(image, channels=3), raw_label,
-          scale=settings.eval_scale, size_divisor=settings.size_divisor)
+          image, raw_label, scale=settings.eval_scale, size_divisor=settings.size_divisor)
       image_size = tf.shape(label)
       inputs, label = transforms.pad_to(inputs, label, tf.unstack(bucket_shape))
-      # The annotation at its original size, for mmseg's scoring (raw values: 0 = ignore, also the padding).
+      # The annotation at its original size, for mmseg's scoring (label codes: 0 = ignore, also the padding).
       orig_label = raw_label[:canvas[0], :canvas[1], 0]
       orig_size = tf.shape(orig_label)
       orig_label = tf.pad(orig_label, [[0, canvas[0] - orig_size[0]], [0, canvas[1] - orig_size[1]]])
@@ -302,7 +307,7 @@ def eval_dataset(builder: ade20k_builder.Ade20kChallenge, settings: _Settings, *
 
 def get_dataset(config: ml_collections.ConfigDict, *, process_index: Optional[int] = None,
                 process_count: Optional[int] = None) -> Dataset:
-  """ADE20K ``Dataset(train_iter_fn, eval_iter_fn, meta_data)`` as ``config`` says.
+  """The ``Dataset(train_iter_fn, eval_iter_fn, meta_data)`` of ``config.dataset.name`` as ``config`` says.
 
   Args:
     config: the job config: ``seed`` (default 0), ``batch_size`` and ``eval_batch_size`` (global), and
@@ -318,7 +323,7 @@ def get_dataset(config: ml_collections.ConfigDict, *, process_index: Optional[in
 
   Raises:
     FileNotFoundError: the dataset is not prepared (the message gives the command that prepares it).
-    ValueError: an invalid configuration.
+    ValueError: an invalid configuration (or ``num_classes`` differs from the dataset's).
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -328,7 +333,12 @@ def get_dataset(config: ml_collections.ConfigDict, *, process_index: Optional[in
   seed = int(config.get("rng_seed", 0))
   train_batch = _local_batch_size(config, "batch_size", process_count)
   eval_batch = _local_batch_size(config, "eval_batch_size", process_count)
-  builder = load_builder(settings.data_dir)
+  builder = load_builder(settings.data_dir, settings.name)
+  class_names = datasets.class_names(settings.name, builder)
+  if settings.num_classes is not None and settings.num_classes != len(class_names):
+    raise ValueError(f"config.dataset.num_classes={settings.num_classes} but the {settings.name} dataset in "
+                     f"{builder.data_dir} has {len(class_names)} classes; set it to {len(class_names)} or "
+                     "None")
 
   def train_iter_fn(start_step: int = 0) -> Iterator[Batch]:
     if start_step < 0:
@@ -346,8 +356,8 @@ def get_dataset(config: ml_collections.ConfigDict, *, process_index: Optional[in
     return iter(tfds.as_numpy(eval_ds[0]))
 
   meta_data = {
-      "num_classes": ade20k_classes.NUM_CLASSES,
-      "class_names": ade20k_classes.CLASS_NAMES,
+      "num_classes": len(class_names),
+      "class_names": class_names,
       "num_train_examples": builder.info.splits["train"].num_examples,
       "num_eval_examples": builder.info.splits["validation"].num_examples,
       "input_shape": (-1, *settings.crop_size, 3),

@@ -8,8 +8,9 @@ bilinearly (half-pixel centres, no antialiasing, like ``cv2.INTER_LINEAR``) and 
 ``tf.random.stateless_*`` ops keyed by a ``seed`` tensor of shape (2,), so an example's augmentation is a
 function of its seed only.
 
-Images are float32 HxWx3 RGB in [0, 255] until ``normalize``; label maps are int32 HxW holding the raw ADE20K
-values (0 = other, 1..150) until ``reduce_zero_label`` turns them into 0..149 with -1 = ignore.
+Images are float32 HxWx3 RGB in [0, 255] until ``normalize``; label maps are int32 HxW holding label codes
+(ADE20K's raw values: 0 = ignore, k = class k - 1; ``datasets.label_codes`` maps other datasets' masks to
+them) until ``reduce_zero_label`` turns them into classes 0..K-1 with -1 = ignore.
 """
 
 from typing import Sequence, Tuple
@@ -19,7 +20,7 @@ import tensorflow as tf
 from backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 IGNORE_LABEL = -1
-RAW_IGNORE = 0  # ADE20K's "other" in the annotation PNGs.
+RAW_IGNORE = 0  # The ignore label code (ADE20K's "other" in its annotation PNGs).
 
 
 def _fold(seed: tf.Tensor, index: int) -> tf.Tensor:
