@@ -9,6 +9,7 @@ Config keys read here (with defaults):
   log_summary_steps (50), log_eval_steps (num_training_steps; <= 0 disables periodic evaluation),
   steps_per_eval (None = a full pass), checkpoint (True), checkpoint_steps (1000),
   max_checkpoints_to_keep (3), progress_bar (True), prefetch_to_device (2),
+  allow_config_change (False: resuming a workdir refuses a changed config, ``guards.check_resume_config``),
   init_input_shape (None: from ``meta_data["input_shape"]`` or the first training batch),
   model.dtype ("float32"; "bfloat16" casts the inputs, the model decides its compute dtype),
   model.backbone.checkpoint (None: a converted ImageNet checkpoint for ``params["backbone"]``),
@@ -29,10 +30,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import tqdm
 
 from projects.common import checkpoint as checkpoint_lib
 from projects.common import evaluation
+from projects.common import guards
 from projects.common import optim
 from projects.common import pretrained
 from projects.common import sharding
@@ -75,8 +78,8 @@ def make_train_step(model: BaseModel, tx, schedule: optim.Schedule, dtype: jnp.d
                     rng_names: Sequence[str] = ("dropout",)) -> Callable[..., Any]:
   """Returns the (un-jitted) ``train_step(state, batch) -> (state, metrics)``.
 
-  Metrics are ``{name: (sum, count)}`` from ``model.get_metrics_fn("train")`` plus ``loss`` and
-  ``learning_rate`` (as ``(value, 1)``).
+  Metrics are ``{name: (sum, count)}`` from ``model.get_metrics_fn("train")`` plus ``loss``,
+  ``grad_norm`` (global L2 norm of the gradients) and ``learning_rate`` (as ``(value, 1)``).
   """
   metrics_fn = model.get_metrics_fn("train")
 
@@ -101,6 +104,7 @@ def make_train_step(model: BaseModel, tx, schedule: optim.Schedule, dtype: jnp.d
     new_params = jax.tree.map(jnp.add, state.params, updates)
     metrics = dict(metrics_fn(outputs, batch))
     metrics["loss"] = (loss, jnp.ones((), jnp.float32))
+    metrics["grad_norm"] = (optax.tree.norm(grads).astype(jnp.float32), jnp.ones((), jnp.float32))
     metrics["learning_rate"] = (schedule(state.step), jnp.ones((), jnp.float32))
     new_state = state.replace(step=state.step + 1, params=new_params,
                               model_state=dict(new_model_state), opt_state=new_opt_state)
@@ -179,6 +183,13 @@ def _write_scalars(writer, step: int, prefix: str, values: Mapping[str, Any]) ->
     writer.write_scalars(step, scalars)
 
 
+def _check_finite(guard: guards.NonFiniteGuard, checkpointer: Optional[checkpoint_lib.Checkpointer]) -> None:
+  if checkpointer is None:
+    guard.check()
+  else:
+    guard.check(checkpointer.directory, checkpointer.latest_step())
+
+
 def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.ConfigDict, workdir: str,
                        evaluator: Optional[evaluation.Evaluator] = None, *,
                        mesh: Optional[jax.sharding.Mesh] = None,
@@ -186,9 +197,11 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
                        writer: Optional[metric_writers.MetricWriter] = None) -> TrainResult:
   """Trains ``model`` on ``dataset`` as ``config`` says, evaluating periodically and at the end.
 
-  Resumes from the latest checkpoint in ``workdir/checkpoints`` when there is one; the resumed run
+  Resumes from the latest intact checkpoint in ``workdir/checkpoints`` when there is one; the resumed run
   reproduces the uninterrupted one (data order from ``train_iter_fn(start_step)``, per-step rng
-  ``fold_in(rng, step)``).
+  ``fold_in(rng, step)``). A workdir whose ``config.json`` differs from ``config`` is refused before
+  anything is written (``guards.check_resume_config``); a NaN/Inf loss or gradient stops the run with
+  ``guards.NonFiniteError`` before any checkpoint or evaluation of the diverged state.
 
   Args:
     model: the task model (``BaseModel``).
@@ -212,6 +225,7 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
   num_steps = int(config.get("num_training_steps", 0))
   if num_steps <= 0:
     raise ValueError(f"config.num_training_steps must be positive, got {num_steps}")
+  guards.check_resume_config(workdir, config)  # before anything in workdir is written
   mesh = mesh or sharding.create_mesh()
   global_batch = int(config.batch_size)
   sharding.process_batch_size(global_batch, mesh)
@@ -268,6 +282,7 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
   train_summary: Dict[str, float] = {}
   eval_summary: Dict[str, Any] = {}
   accumulator = evaluation.MetricsAccumulator()
+  finite_guard = guards.NonFiniteGuard()
   batches = sharding.prefetch_to_mesh(dataset.train_iter_fn(start_step), mesh,
                                       size=int(config.get("prefetch_to_device", 2)))
   progress = tqdm.tqdm(total=num_steps, initial=start_step, desc="train", unit="step",
@@ -281,6 +296,7 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
         raise ValueError(f"the training iterator ended before step {step} of {num_steps}") from None
       state, metrics = train_step(state, batch)
       accumulator.add(metrics)
+      finite_guard.add(step, metrics)
       interval_examples += global_batch
       for hook in hooks:
         hook(step, state, metrics)
@@ -293,6 +309,7 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
         interval_start, interval_examples = time.time(), 0
       if step % log_every == 0 or step == num_steps:
         train_summary = accumulator.result()  # fetches: the interval's work is done after this
+        _check_finite(finite_guard, checkpointer)
         elapsed = max(time.time() - interval_start, 1e-9)
         if interval_examples:
           train_summary["images_per_sec"] = interval_examples / elapsed
@@ -301,9 +318,11 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
         progress.set_postfix(loss=f"{train_summary['loss']:.4f}",
                              img_s=f"{train_summary.get('images_per_sec', 0.0):.1f}")
       progress.update(1)
-      if checkpointer is not None:
+      if checkpointer is not None and checkpointer.wants_save(step, force=(step == num_steps)):
+        _check_finite(finite_guard, checkpointer)  # never save a diverged state
         checkpointer.save(step, state, force=(step == num_steps))
       if (eval_every > 0 and step % eval_every == 0) or step == num_steps:
+        _check_finite(finite_guard, checkpointer)
         eval_summary = evaluate(step)
         interval_start, interval_examples = time.time(), 0  # images/s counts training time only
     if start_step >= num_steps and not eval_summary:

@@ -10,7 +10,6 @@ evaluator), ``eval_results.json`` (AP, AP50, AP75, APs, APm, APl, ...) and ``det
 validation images with ground truth in white and detections coloured by class).
 """
 
-import json
 import os
 from typing import Any, Dict, Mapping, Optional, Sequence
 
@@ -150,8 +149,7 @@ def build_dataset(config: ml_collections.ConfigDict) -> Any:
 def write_results(results: Mapping[str, Any], workdir: str) -> str:
   """Writes the scalar results (AP, AP50, ...) as ``eval_results.json``; returns its path."""
   path = os.path.join(workdir, RESULTS_FILE)
-  with open(path, "w") as f:
-    json.dump(evaluation.scalar_results(results), f, indent=2, sort_keys=True)
+  config_utils.write_json(path, evaluation.scalar_results(results))  # strict JSON: NaN -> null
   return path
 
 

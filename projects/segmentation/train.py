@@ -7,7 +7,6 @@ synthetic stand-in first when ``config.synthetic_data`` is set, trains with
 (image | ground truth | prediction for the first validation images).
 """
 
-import json
 import os
 from typing import Any, Dict, Mapping, Optional
 
@@ -122,8 +121,7 @@ def build_dataset(config: ml_collections.ConfigDict) -> Any:
 def write_results(results: Mapping[str, Any], workdir: str) -> Dict[str, str]:
   """Writes ``eval_results.json`` (scalars) and ``per_class_iou.tsv``; returns their paths."""
   paths = {"summary": os.path.join(workdir, "eval_results.json")}
-  with open(paths["summary"], "w") as f:
-    json.dump(evaluation.scalar_results(results), f, indent=2, sort_keys=True)
+  config_utils.write_json(paths["summary"], evaluation.scalar_results(results))  # strict JSON: NaN -> null
   if "per_class" in results:
     paths["per_class"] = os.path.join(workdir, "per_class_iou.tsv")
     with open(paths["per_class"], "w") as f:
