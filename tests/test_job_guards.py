@@ -108,3 +108,77 @@ def test_resume_refuses_a_changed_config_and_skips_a_corrupt_checkpoint(data_dir
       os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "4.corrupt", "6"]
   assert json.load(open(os.path.join(workdir, "config.json")))["num_training_steps"] == 6
   assert set(json.load(open(os.path.join(workdir, "eval_results.json")))) == set(results)
+
+
+def _free_port():
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _launch(record, workdir, data_dir, *flags_, devices):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+             JAX_COMPILATION_CACHE_DIR=os.environ.get("JAX_COMPILATION_CACHE_DIR", ""))
+  return subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "mp_seg_worker.py"), str(record),
+                           f"--workdir={workdir}", f"--data_dir={data_dir}", *flags_], env=env, cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _read(path):
+  return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+
+
+@pytest.mark.slow
+def test_two_processes_killed_and_resumed_match_one_process(data_dir, tmp_path):
+  """Two JAX processes (2 CPU devices each, gloo collectives over a local coordinator) train, die by SIGKILL
+  after the step-2 checkpoint, resume, and match one 4-device process fed the same global batches."""
+  workdir, reference_dir = tmp_path / "mp", tmp_path / "ref"
+
+  def run_pair(phase, *extra):
+    port = _free_port()
+    procs = [_launch(tmp_path / f"{phase}_{i}.jsonl", workdir, data_dir, "--num_processes=2",
+                     f"--process_id={i}", f"--port={port}", *extra, devices=2) for i in range(2)]
+    return procs
+
+  first = run_pair("first", "--die_at_step=3")
+  reference = _launch(tmp_path / "ref.jsonl", reference_dir, data_dir, "--reference", devices=4)
+  outputs = [p.communicate(timeout=900)[0] for p in first]
+  assert all(p.returncode != 0 for p in first), outputs  # killed mid-run
+  assert first[0].returncode == -9, outputs[0][-3000:]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
+  resumed = run_pair("resumed")
+  outputs = [p.communicate(timeout=900)[0] for p in resumed]
+  ref_output = reference.communicate(timeout=900)[0]
+  assert all(p.returncode == 0 for p in resumed), [o[-3000:] for o in outputs]
+  assert reference.returncode == 0, ref_output[-3000:]
+
+  ref = _read(tmp_path / "ref.jsonl")
+  ref_losses = {e["step"]: e["loss"] for e in ref if "step" in e}
+  for i in range(2):
+    killed, after = _read(tmp_path / f"first_{i}.jsonl"), _read(tmp_path / f"resumed_{i}.jsonl")
+    losses = {e["step"]: e["loss"] for e in killed if "step" in e}
+    assert sorted(losses) == [1, 2, 3]
+    resumed_losses = {e["step"]: e["loss"] for e in after if "step" in e}
+    assert sorted(resumed_losses) == [3, 4]  # restored step 2, re-ran step 3
+    losses.update(resumed_losses)
+    np.testing.assert_allclose([losses[s] for s in (1, 2, 3, 4)], [ref_losses[s] for s in (1, 2, 3, 4)],
+                               rtol=1e-5)
+    # This process read its own share of every global batch: the reference's half i, before and after.
+    digests = [e["digest"] for e in killed if "batch_step" in e][:3] + [
+        e["digest"] for e in after if "batch_step" in e][:2]
+    share = [e["digest"] for e in ref if e.get("share") == i]
+    assert digests == share[:3] + share[2:4], i
+    wrote = {e["wrote"] for e in killed + after if "wrote" in e}
+    if i == 0:
+      assert {"config.json", "eval_results.json", "predictions.png"} <= wrote, wrote
+    else:
+      assert not wrote, f"process 1 wrote {wrote}"
+  assert {e["digest"] for e in ref if e.get("share") == 0}.isdisjoint(
+      {e["digest"] for e in ref if e.get("share") == 1})  # distinct shards
+  mp_results = json.load(open(workdir / "eval_results.json"))
+  ref_results = json.load(open(reference_dir / "eval_results.json"))
+  assert mp_results["mIoU"] == pytest.approx(ref_results["mIoU"], abs=1e-6)

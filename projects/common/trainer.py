@@ -33,6 +33,7 @@ import numpy as np
 import optax
 import tqdm
 
+from backbones import preprocess
 from projects.common import checkpoint as checkpoint_lib
 from projects.common import evaluation
 from projects.common import guards
@@ -63,6 +64,9 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
 
 def _cast_inputs(batch: Mapping[str, Any], dtype: jnp.dtype) -> Any:
   inputs = batch["inputs"]
+  if inputs.dtype == jnp.uint8:  # raw 0-255 RGB (predict on user images): normalise as the pipelines do
+    inputs = ((inputs.astype(jnp.float32) - jnp.asarray(preprocess.IMAGENET_MEAN, jnp.float32))
+              / jnp.asarray(preprocess.IMAGENET_STD, jnp.float32))
   if jnp.issubdtype(inputs.dtype, jnp.floating) and inputs.dtype != dtype:
     inputs = inputs.astype(dtype)
   return inputs
@@ -129,7 +133,11 @@ def make_eval_step(model: BaseModel, dtype: jnp.dtype,
 
 def make_predict_fn(model: BaseModel, mesh: jax.sharding.Mesh,
                     dtype: jnp.dtype = jnp.float32) -> Callable[[Dict[str, Any], Any], Any]:
-  """Returns a jitted ``predict(variables, global_batch) -> outputs`` (``train=False``), batch-sharded."""
+  """Returns a jitted ``predict(variables, global_batch) -> outputs`` (``train=False``), batch-sharded.
+
+  ``global_batch["inputs"]`` is either normalised float (as the input pipelines give) or uint8 RGB 0-255
+  pixels, which are normalised with the ImageNet statistics first (``backbones.preprocess``).
+  """
   def predict(variables, batch):
     return model.flax_model.apply(variables, _cast_inputs(batch, dtype), train=False)
   return jax.jit(predict, in_shardings=(sharding.replicated_sharding(mesh), sharding.batch_sharding(mesh)))
