@@ -20,7 +20,6 @@ import argparse
 import collections
 import io
 import logging
-import math
 import os
 import pathlib
 import sys
@@ -139,7 +138,7 @@ def output_paths(images: Sequence[pathlib.Path], root: Optional[pathlib.Path],
 
 
 # Peak bytes of the jitted forward per float of the largest stage's live tensors, as measured with
-# ``jax.jit(...).lower(...).compile().memory_analysis()`` on CPU (the estimate is 1.1-1.7x XLA's figure from
+# ``jax.jit(...).lower(...).compile().memory_analysis()`` on CPU (the estimate is 1.4-1.6x XLA's figure from
 # 128x128 to 512x512, SDA and v1 LDA, widths 16 and 96; the test
 # ``tests/test_extract_features_robust.py`` checks the estimate against it) with a margin.
 _BYTES_PER_FLOAT = 4 * 2.0

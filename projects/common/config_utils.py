@@ -2,7 +2,10 @@
 
 A job's ``main.py`` calls ``define_job_flags()`` at import time, which defines ``--config`` through
 ``config_flags.DEFINE_config_file`` (so ``--config configs/x.py --config.a.b=c`` overrides work, and
-``--config configs/x.py:arg`` passes ``arg`` to ``get_config``), ``--workdir`` and ``--multihost``.
+``--config configs/x.py:arg`` passes ``arg`` to ``get_config``), ``--workdir``, ``--multihost`` and
+``--allow_config_change``. A misspelled override is a one-line flags error naming the nearest valid keys;
+``save_config`` refuses a workdir whose checkpoints belong to another config; ``write_json`` writes strict
+JSON (NaN -> null).
 """
 
 import difflib
@@ -52,14 +55,16 @@ def dotted_keys(config: Any, prefix: str = "") -> list:
 
 def unknown_key_message(config: Any, dotted: str) -> Optional[str]:
   """``None`` when ``dotted`` names a key of ``config``; else one line naming it and the nearest valid keys."""
-  node = config
+  node, parents = config, []
   for name in dotted.split("."):
     if not isinstance(node, (ml_collections.ConfigDict, dict)) or name not in node:
+      where = f"config.{'.'.join(parents)}" if parents else "the config"
       nearest = difflib.get_close_matches(dotted, dotted_keys(config), n=3, cutoff=0.6)
       hint = f"; did you mean {', '.join(repr(k) for k in nearest)}?" if nearest else (
-          "; no similar key (list them with --helpfull or read the config file)")
-      return f"unknown config key {dotted!r}{hint}"
+          "; no similar key (see the config file)")
+      return f"unknown config key {dotted!r} (no key {name!r} in {where}){hint}"
     node = node[name]
+    parents.append(name)
   return None
 
 

@@ -20,6 +20,7 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 # Keys without effect on the trained weights: ignored when comparing a resumed run's config.
@@ -76,12 +77,29 @@ class NonFiniteGuard:
         what = " and ".join(f"{'gradient norm' if n == 'grad_norm' else n} = {float(np.asarray(values[n]))}"
                             for n in bad)
         resume = ""
-        if checkpoint_dir:
-          resume = (f" The last checkpoint written ({'step ' + str(last_good_step) if last_good_step is not None else 'none yet'}"
-                    f", in {checkpoint_dir}) predates it; rerun with the same --workdir and "
-                    "--allow_config_change to resume from there with the new settings.")
+        if checkpoint_dir and last_good_step is not None:
+          resume = (f" The last checkpoint (step {last_good_step}, in {checkpoint_dir}) predates it: rerun with "
+                    "the same --workdir and --allow_config_change to resume from there with the new settings.")
         raise NonFiniteError(f"training diverged at step {step}: {what}. Nothing was saved from this step "
                              f"on. Try to {ADVICE}.{resume}")
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def check_params_finite(step: int, params: Any) -> None:
+  """Raises ``NonFiniteError`` when a parameter is NaN/Inf after ``step`` (one fused reduction: for the
+  checkpoint steps only, where the state is fetched anyway)."""
+  finite = _all_finite(params)
+  if isinstance(finite, jax.Array) and not finite.is_fully_addressable:
+    finite = finite.addressable_data(0)
+  if not bool(finite):
+    raise NonFiniteError(f"training diverged: parameters are NaN/Inf after step {step} (finite loss and "
+                         f"gradients: the update overflowed). Nothing was saved from this step on. Try to "
+                         f"{ADVICE}.")
 
 
 def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:

@@ -328,6 +328,7 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
       progress.update(1)
       if checkpointer is not None and checkpointer.wants_save(step, force=(step == num_steps)):
         _check_finite(finite_guard, checkpointer)  # never save a diverged state
+        guards.check_params_finite(step, state.params)
         checkpointer.save(step, state, force=(step == num_steps))
       if (eval_every > 0 and step % eval_every == 0) or step == num_steps:
         _check_finite(finite_guard, checkpointer)
