@@ -134,7 +134,7 @@ class Checkpointer:
         logging.warning("moved the corrupt checkpoint of step %d to %s", step, target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      multihost_utils.sync_global_processes("checkpoint_set_aside")
+      multihost_utils.sync_global_devices("checkpoint_set_aside")
     self.manager.reload()
 
   def wait_until_finished(self) -> None:
