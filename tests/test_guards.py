@@ -13,6 +13,7 @@ from projects.common import config_utils
 from projects.common import guards
 
 CONFIG = '''
+import ml_collections
 def get_config():
   return ml_collections.ConfigDict(dict(num_training_steps=3, lr_schedule=dict(name="poly", base_lr=1.0,
                                                                                min_lr=0.0)))
