@@ -97,9 +97,8 @@ def check_params_finite(step: int, params: Any) -> None:
   if isinstance(finite, jax.Array) and not finite.is_fully_addressable:
     finite = finite.addressable_data(0)
   if not bool(finite):
-    raise NonFiniteError(f"training diverged: parameters are NaN/Inf after step {step} (finite loss and "
-                         f"gradients: the update overflowed). Nothing was saved from this step on. Try to "
-                         f"{ADVICE}.")
+    raise NonFiniteError(f"training diverged at step {step}: parameters are NaN/Inf after its update (the "
+                         f"update overflowed). Nothing was saved from this step on. Try to {ADVICE}.")
 
 
 def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
