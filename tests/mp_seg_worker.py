@@ -40,6 +40,11 @@ def main() -> None:
   if args.num_processes > 1:
     jax.distributed.initialize(f"127.0.0.1:{args.port}", num_processes=args.num_processes,
                                process_id=args.process_id, initialization_timeout=120)
+    # Set up the gloo context now, while both processes are in step: it is created at the first
+    # cross-process computation and each side waits 30 s at most for the other (a loaded machine compiles
+    # the train step at different speeds in the two processes).
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("gloo_warm_up")
   import numpy as np  # pylint: disable=import-outside-toplevel
   from projects.common import config_utils  # pylint: disable=import-outside-toplevel
   from projects.common import dataset as dataset_lib  # pylint: disable=import-outside-toplevel
