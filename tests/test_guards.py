@@ -109,5 +109,5 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path,
 
 def test_non_finite_parameters_are_refused_before_a_save():
   guards.check_params_finite(5, {"w": jnp.ones(3), "step": jnp.int32(1)})
-  with pytest.raises(guards.NonFiniteError, match="after step 5"):
+  with pytest.raises(guards.NonFiniteError, match="diverged at step 5: parameters are NaN"):
     guards.check_params_finite(5, {"w": jnp.array([1.0, jnp.inf]), "b": jnp.zeros(2)})
