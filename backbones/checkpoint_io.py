@@ -19,6 +19,7 @@ _MODULES = {"CrossFormerBackbone": CrossFormerBackbone, "CrossFormer": CrossForm
 # Module fields that describe the architecture (dtype, remat, out_indices are choices of the user).
 _RUNTIME_FIELDS = ("dtype", "remat", "out_indices", "parent", "name")
 PathLike = Union[str, os.PathLike]
+_TMP_SUFFIX = ".tmp"
 
 
 def architecture_json(module: nn.Module) -> str:
@@ -27,24 +28,57 @@ def architecture_json(module: nn.Module) -> str:
                      if f not in _RUNTIME_FIELDS})
 
 
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _remove_stale_temp_files(path: pathlib.Path) -> None:
+  """Deletes temp files of earlier writes of ``path`` whose writer process is gone (failed or killed)."""
+  for tmp in path.parent.glob(f".{path.name}.*{_TMP_SUFFIX}"):
+    pid = tmp.name[len(path.name) + 2:-len(_TMP_SUFFIX)].split(".", 1)[0]
+    if not pid.isdigit() or not _pid_alive(int(pid)):
+      tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: PathLike, data: bytes) -> pathlib.Path:
+  """Writes ``data`` to ``path`` atomically (temp file beside it + rename) with the normal permissions of a
+  new file (``0666 & ~umask``, 0644 usually). A failed write removes its temp file; temp files left by a
+  killed earlier write of the same ``path`` are removed first."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  _remove_stale_temp_files(path)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=_TMP_SUFFIX)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+  return path
+
+
 def save_converted(path: PathLike, module: nn.Module, variables: Dict[str, Any]) -> pathlib.Path:
-  """Writes ``module``'s architecture and ``variables`` to ``path`` atomically (temp file + rename).
+  """Writes ``module``'s architecture and ``variables`` to ``path`` atomically (``write_atomic``).
 
   A ``.safetensors`` path gets a safetensors file (``backbones.hub``), any other a msgpack file.
   """
-  path = pathlib.Path(path)
-  if path.suffix == ".safetensors":
+  if pathlib.Path(path).suffix == ".safetensors":
     return hub.write_safetensors(path, module, variables)
-  path.parent.mkdir(parents=True, exist_ok=True)
   payload = {"format": FORMAT, "module": type(module).__name__, "kwargs": architecture_json(module),
              "variables": jax.tree.map(np.asarray, variables)}
-  data = flax.serialization.msgpack_serialize(payload)
-  with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-    tmp.write(data)
-    tmp.flush()
-    os.fsync(tmp.fileno())
-  os.replace(tmp.name, path)
-  return path
+  return write_atomic(path, flax.serialization.msgpack_serialize(payload))
 
 
 def load_converted(path: PathLike) -> Tuple[nn.Module, Dict[str, Any]]:
@@ -57,7 +91,11 @@ def load_converted(path: PathLike) -> Tuple[nn.Module, Dict[str, Any]]:
     raise FileNotFoundError(f"no converted CrossFormer checkpoint at {path}; make one with "
                             "`python -m backbones.convert_checkpoint --input OFFICIAL.pth "
                             f"--variant crossformer_s --output {path}`")
-  payload = flax.serialization.msgpack_restore(path.read_bytes())
+  try:
+    payload = flax.serialization.msgpack_restore(path.read_bytes())
+  except Exception as e:  # pylint: disable=broad-except  (msgpack raises several types on bad bytes)
+    raise ValueError(f"{path} is not a readable converted CrossFormer checkpoint (truncated or another "
+                     f"format: {type(e).__name__}); convert the official file again") from None
   if not isinstance(payload, dict) or payload.get("format") != FORMAT:
     raise ValueError(f"{path} is not a converted CrossFormer checkpoint (format {FORMAT!r})")
   return module_from_description(payload["module"], payload["kwargs"], path), payload["variables"]

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from backbones.checkpoint_io import write_atomic
+
 Shape = Tuple[int, ...]
 PathLike = Union[str, os.PathLike]
 FORMAT = "crossformer-jax-export/1"
@@ -44,27 +46,13 @@ def export_stablehlo(apply_fn: Callable[..., Any], variables: Mapping[str, Any],
           for shape in _shapes(input_shapes)}
 
 
-def _atomic_bytes(path: pathlib.Path, data: bytes) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def save_stablehlo(path: PathLike, exported: Mapping[Shape, "jax.export.Exported"]) -> pathlib.Path:
   """Writes every exported shape into one file (a small JSON index + the serialized programs)."""
   path = pathlib.Path(path)
   blobs = [bytes(e.serialize()) for e in exported.values()]
   index = {"format": FORMAT, "shapes": [list(s) for s in exported], "sizes": [len(b) for b in blobs]}
   header = json.dumps(index).encode()
-  _atomic_bytes(path, len(header).to_bytes(8, "little") + header + b"".join(blobs))
+  write_atomic(path, len(header).to_bytes(8, "little") + header + b"".join(blobs))
   return path
 
 

@@ -46,30 +46,13 @@ def _unflatten(tensors: Mapping[str, np.ndarray]) -> Dict[str, Any]:
   return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in tensors.items()})
 
 
-def _atomic_write(path: pathlib.Path, write: Any) -> pathlib.Path:
-  """Calls ``write(tmp_path)`` on a temp file beside ``path`` and renames it into place (mode 0644)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  os.close(fd)
-  try:
-    write(tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return path
-
-
 def write_safetensors(path: PathLike, module: nn.Module, variables: Mapping[str, Any]) -> pathlib.Path:
   """Writes ``module``'s architecture and ``variables`` as one ``.safetensors`` file, atomically."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
   from backbones import checkpoint_io  # pylint: disable=g-import-not-at-top  (checkpoint_io imports us)
   metadata = {"format": checkpoint_io.FORMAT, "module": type(module).__name__,
               "kwargs": checkpoint_io.architecture_json(module)}
-  tensors = _flatten(variables)
-  return _atomic_write(pathlib.Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+  return checkpoint_io.write_atomic(path, save(_flatten(variables), metadata=metadata))
 
 
 def read_safetensors(path: PathLike) -> Tuple[nn.Module, Dict[str, Any]]:
@@ -103,7 +86,7 @@ def save_pretrained(directory: PathLike, module: nn.Module, variables: Mapping[s
             "model_args": json.loads(checkpoint_io.architecture_json(module)),
             "pretrained_cfg": dict(pretrained_cfg or {})}
   text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-  _atomic_write(directory / CONFIG_NAME, lambda tmp: pathlib.Path(tmp).write_text(text))
+  checkpoint_io.write_atomic(directory / CONFIG_NAME, text.encode())
   return directory
 
 

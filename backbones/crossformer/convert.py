@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from backbones import safe_io
 from backbones.crossformer.model import CrossFormer, CrossFormerBackbone
 
 # Non-learned buffers (deterministic functions of the group size and map size): dropped.
@@ -250,20 +251,12 @@ def from_official(state_dict: Mapping[str, Any], *, model: str = "auto", lda_mod
 def read_official_checkpoint(path: str) -> Dict[str, np.ndarray]:
   """Reads an official checkpoint file: ``.pth``/``.pt`` (needs torch) or ``.npz`` of state_dict keys.
 
-  An ``.npz`` whose keys start with ``sd/`` (the parity fixtures' layout) is read from those keys only.
+  Nothing in the file is executed (``backbones.safe_io``: weights-only torch loading with the official yacs
+  config allow-listed, ``.npz`` without pickles). An ``.npz`` whose keys start with ``sd/`` (the parity
+  fixtures' layout) is read from those keys only.
   """
   if str(path).endswith(".npz"):
-    with np.load(path) as data:
-      keys = [k for k in data.files if k.startswith("sd/")] or list(data.files)
-      return {k[3:] if k.startswith("sd/") else k: data[k] for k in keys}
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError(f"reading {path} needs PyTorch (`pip install torch`), or convert it to .npz "
-                      "elsewhere with numpy.savez(path, **state_dict)") from e
-  try:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception:  # released checkpoints also pickle their yacs config: trusted files only
-    logging.warning("%s holds more than tensors; loading it with weights_only=False", path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-  return unwrap_state_dict(checkpoint)
+    data = safe_io.load_npz(path)
+    keys = [k for k in data if k.startswith("sd/")] or list(data)
+    return {k[3:] if k.startswith("sd/") else k: data[k] for k in keys}
+  return unwrap_state_dict(safe_io.load_torch_checkpoint(path))

@@ -111,6 +111,9 @@ class CrossFormerBackbone(nn.Module):
   official ``crossformer_backbone.py``; outputs are ``{'stage_1': ..., 'stage_4': ...}`` (NHWC) for the
   stages in ``out_indices``.
 
+  Input: *normalised* float NHWC RGB (0-255 pixels minus the ImageNet mean, divided by its std:
+  ``backbones.preprocess.normalize_image``); integer (e.g. uint8) images are refused.
+
   Attributes:
     dims: channels per stage.
     depths: blocks per stage; even blocks are SDA, odd ones LDA.
@@ -195,6 +198,9 @@ class CrossFormerBackbone(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, jnp.ndarray]:
     check_input(x.shape, self.in_chans)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise TypeError(f"CrossFormer expects normalised float images, got {x.dtype}; apply "
+                      "backbones.preprocess.normalize_image to 0-255 pixels first")
     num_stages = len(self.dims)
     group_sizes = self.block_group_sizes
     intervals = per_stage(self.intervals, num_stages, "intervals")
@@ -233,9 +239,10 @@ class CrossFormer(nn.Module):
   ``CrossFormer(num_classes=1000, dim=(64, 128, 256, 512), depth=(2, 2, 8, 2),
   global_window_size=(8, 4, 2, 1), local_window_size=7)``; ``dim`` is the per-stage width, ``depth``
   the blocks per stage, ``global_window_size`` the LDA interval per stage and ``local_window_size`` the
-  SDA group size (an int, one per stage or one list per stage). Takes NHWC images, returns logits.
-  The CrossFormer++ options (``group_type``, ``img_size``, ``use_acl``, ``pad_type``, ``no_mask``,
-  ``adaptive_interval``, per-stage ``mlp_ratio``) are those of :class:`CrossFormerBackbone`.
+  SDA group size (an int, one per stage or one list per stage). Takes normalised float NHWC images
+  (``backbones.preprocess.normalize_image``), returns logits. The CrossFormer++ options (``group_type``,
+  ``img_size``, ``use_acl``, ``pad_type``, ``no_mask``, ``adaptive_interval``, per-stage ``mlp_ratio``) are those
+  of :class:`CrossFormerBackbone`.
   """
   num_classes: int = 1000
   dim: Sequence[int] = (64, 128, 256, 512)

@@ -120,4 +120,4 @@ def run_on_first_process(fn: Callable[[], Any], barrier_name: str) -> None:
   if jax.process_index() == 0:
     fn()
   if jax.process_count() > 1:
-    multihost_utils.sync_global_processes(barrier_name)
+    multihost_utils.sync_global_devices(barrier_name)

@@ -13,6 +13,7 @@ Config keys read here (Scenic's names and meanings; defaults in brackets):
   compute dtype, ``model.dtype``), init_from.checkpoint_path (None: a pretrained backbone for
   ``params["backbone"]``, see ``pretrained``), optimizer + optimizer_configs and lr_configs (see ``optim``).
   Ours: progress_bar (True), prefetch_to_device (2), rng_names (("dropout",)), weight_decay_configs,
+  allow_config_change (False: resuming a workdir refuses a changed config, ``guards.check_resume_config``),
   init_input_shape (None: from ``meta_data["input_shape"]`` or the first training batch).
 
 Train step contract: ``loss_function`` returns the loss, or ``(loss, metrics)`` whose metrics the step then
@@ -36,10 +37,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import tqdm
 
+from backbones import preprocess
 from projects.common import checkpoint as checkpoint_lib
 from projects.common import evaluation
+from projects.common import guards
 from projects.common import optim
 from projects.common import pretrained
 from projects.common import sharding
@@ -75,6 +79,9 @@ def data_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
 
 def _cast_inputs(batch: Mapping[str, Any], dtype: jnp.dtype) -> Any:
   inputs = batch["inputs"]
+  if inputs.dtype == jnp.uint8:  # raw 0-255 RGB (predict on user images): normalise as the pipelines do
+    inputs = ((inputs.astype(jnp.float32) - jnp.asarray(preprocess.IMAGENET_MEAN, jnp.float32))
+              / jnp.asarray(preprocess.IMAGENET_STD, jnp.float32))
   if jnp.issubdtype(inputs.dtype, jnp.floating) and inputs.dtype != dtype:
     inputs = inputs.astype(dtype)
   return inputs
@@ -99,7 +106,8 @@ def make_train_step(model: BaseModel, tx, schedule: optim.Schedule, dtype: jnp.d
   """Returns the (un-jitted) ``train_step(state, batch) -> (state, metrics)``.
 
   Metrics are ``{name: (sum, count)}``: those returned by ``loss_function`` as ``(loss, metrics)``, else
-  ``model.get_metrics_fn_jit("train")``'s, plus ``objective`` and ``learning_rate`` (as ``(value, 1)``).
+  ``model.get_metrics_fn_jit("train")``'s, plus ``objective`` (the minimised value), ``grad_norm`` (global L2
+  norm of the gradients) and ``learning_rate`` (as ``(value, 1)``).
   """
   metrics_fn = model.get_metrics_fn_jit("train")
 
@@ -127,6 +135,7 @@ def make_train_step(model: BaseModel, tx, schedule: optim.Schedule, dtype: jnp.d
     new_params = jax.tree.map(jnp.add, state.params, updates)
     metrics = dict(metrics_fn(outputs, batch) if loss_metrics is None else loss_metrics)
     metrics["objective"] = (loss, jnp.ones((), jnp.float32))
+    metrics["grad_norm"] = (optax.tree.norm(grads).astype(jnp.float32), jnp.ones((), jnp.float32))
     metrics["learning_rate"] = (schedule(state.step), jnp.ones((), jnp.float32))
     new_state = state.replace(step=state.step + 1, params=new_params,
                               model_state=dict(new_model_state), opt_state=new_opt_state)
@@ -152,7 +161,11 @@ def make_eval_step(model: BaseModel, dtype: jnp.dtype,
 
 def make_predict_fn(model: BaseModel, mesh: jax.sharding.Mesh,
                     dtype: jnp.dtype = jnp.float32) -> Callable[[Dict[str, Any], Any], Any]:
-  """Returns a jitted ``predict(variables, global_batch) -> outputs`` (``train=False``), batch-sharded."""
+  """Returns a jitted ``predict(variables, global_batch) -> outputs`` (``train=False``), batch-sharded.
+
+  ``global_batch["inputs"]`` is either normalised float (as the input pipelines give) or uint8 RGB 0-255
+  pixels, which are normalised with the ImageNet statistics first (``backbones.preprocess``).
+  """
   def predict(variables, batch):
     return model.flax_model.apply(variables, _cast_inputs(batch, dtype), train=False,
                                   **model_apply_kwargs(model, batch, train=False))
@@ -227,6 +240,13 @@ def _write_scalars(writer, step: int, prefix: str, values: Mapping[str, Any]) ->
     writer.write_scalars(step, scalars)
 
 
+def _check_finite(guard: guards.NonFiniteGuard, checkpointer: Optional[checkpoint_lib.Checkpointer]) -> None:
+  if checkpointer is None:
+    guard.check()
+  else:
+    guard.check(checkpointer.directory, checkpointer.latest_step())
+
+
 def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.ConfigDict, workdir: str,
                        evaluator: Optional[evaluation.Evaluator] = None, *,
                        mesh: Optional[jax.sharding.Mesh] = None,
@@ -234,9 +254,11 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
                        writer: Optional[metric_writers.MetricWriter] = None) -> TrainResult:
   """Trains ``model`` on ``dataset`` as ``config`` says, evaluating periodically and at the end.
 
-  Resumes from the latest checkpoint in ``workdir/checkpoints`` when there is one; the resumed run
+  Resumes from the latest intact checkpoint in ``workdir/checkpoints`` when there is one; the resumed run
   reproduces the uninterrupted one (data order from ``train_iter_fn(start_step)``, per-step rng
-  ``fold_in(rng, step)``).
+  ``fold_in(rng, step)``). A workdir whose ``config.json`` differs from ``config`` is refused before
+  anything is written (``guards.check_resume_config``); a NaN/Inf loss or gradient stops the run with
+  ``guards.NonFiniteError`` before any checkpoint or evaluation of the diverged state.
 
   Args:
     model: the task model (``BaseModel``).
@@ -258,6 +280,7 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
   if not config.get("batch_size"):
     raise ValueError("config.batch_size (global batch size) is required")
   num_steps = num_training_steps(config, dataset.meta_data)
+  guards.check_resume_config(workdir, config)  # before anything in workdir is written
   mesh = mesh or sharding.create_mesh()
   global_batch = int(config.batch_size)
   sharding.process_batch_size(global_batch, mesh)
@@ -315,6 +338,7 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
   train_summary: Dict[str, float] = {}
   eval_summary: Dict[str, Any] = {}
   accumulator = evaluation.MetricsAccumulator()
+  finite_guard = guards.NonFiniteGuard()
   batches = sharding.prefetch_to_mesh(dataset.train_iter_fn(start_step), mesh,
                                       size=int(config.get("prefetch_to_device", 2)))
   progress = tqdm.tqdm(total=num_steps, initial=start_step, desc="train", unit="step",
@@ -328,6 +352,7 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
         raise ValueError(f"the training iterator ended before step {step} of {num_steps}") from None
       state, metrics = train_step(state, batch)
       accumulator.add(metrics)
+      finite_guard.add(step, metrics)
       interval_examples += global_batch
       for hook in hooks:
         hook(step, state, metrics)
@@ -340,6 +365,7 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
         interval_start, interval_examples = time.time(), 0
       if step % log_every == 0 or step == num_steps:
         train_summary = accumulator.result()  # fetches: the interval's work is done after this
+        _check_finite(finite_guard, checkpointer)
         elapsed = max(time.time() - interval_start, 1e-9)
         if interval_examples:
           train_summary["images_per_sec"] = interval_examples / elapsed
@@ -348,9 +374,12 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
         progress.set_postfix(loss=f"{train_summary['loss']:.4f}",
                              img_s=f"{train_summary.get('images_per_sec', 0.0):.1f}")
       progress.update(1)
-      if checkpointer is not None:
+      if checkpointer is not None and checkpointer.wants_save(step, force=(step == num_steps)):
+        _check_finite(finite_guard, checkpointer)  # never save a diverged state
+        guards.check_params_finite(step, state.params)
         checkpointer.save(step, state, force=(step == num_steps))
       if (eval_every > 0 and step % eval_every == 0) or step == num_steps:
+        _check_finite(finite_guard, checkpointer)
         eval_summary = evaluate(step)
         interval_start, interval_examples = time.time(), 0  # images/s counts training time only
     if start_step >= num_steps and not eval_summary:

@@ -15,7 +15,6 @@ ground truth in white and detections coloured by class, Mask R-CNN's masks as co
 """
 
 import copy
-import json
 import os
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Type
 
@@ -182,8 +181,7 @@ def build_dataset(config: ml_collections.ConfigDict) -> Any:
 def write_results(results: Mapping[str, Any], workdir: str) -> str:
   """Writes the scalar results (AP, AP50, ...) as ``eval_results.json``; returns its path."""
   path = os.path.join(workdir, RESULTS_FILE)
-  with open(path, "w") as f:
-    json.dump(evaluation.scalar_results(results), f, indent=2, sort_keys=True)
+  config_utils.write_json(path, evaluation.scalar_results(results))  # strict JSON: NaN -> null
   return path
 
 

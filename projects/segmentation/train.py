@@ -10,7 +10,6 @@ original size, ``SegmentationEvaluator``) and writes into
 """
 
 import copy
-import json
 import os
 from typing import Any, Dict, Mapping, Optional
 
@@ -198,8 +197,7 @@ def write_results(results: Mapping[str, Any], workdir: str) -> Dict[str, str]:
   summary: Dict[str, Any] = evaluation.scalar_results(results)
   if "protocol" in results:  # how the score was computed (original_size: mmseg's)
     summary["protocol"] = str(results["protocol"])
-  with open(paths["summary"], "w") as f:
-    json.dump(summary, f, indent=2, sort_keys=True)
+  config_utils.write_json(paths["summary"], summary)  # strict JSON: NaN -> null
   if "per_class" in results:
     paths["per_class"] = os.path.join(workdir, "per_class_iou.tsv")
     with open(paths["per_class"], "w") as f:

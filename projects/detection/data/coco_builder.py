@@ -40,6 +40,7 @@ import json
 import os
 from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple
 
+from absl import logging
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
@@ -121,6 +122,7 @@ def load_coco_split(annotation_file: str, image_dir: str) -> CocoSplit:
     images[int(img["id"])] = img
 
   annotations: Dict[int, List[Mapping[str, Any]]] = {}
+  outside: List[str] = []
   for ann in data["annotations"]:
     ann_id = ann.get("id")
     where = f"annotation id {ann_id} (image_id {ann.get('image_id')})"
@@ -134,7 +136,15 @@ def load_coco_split(annotation_file: str, image_dir: str) -> CocoSplit:
              annotation_file, f"{where} has a malformed bbox {bbox!r} (expected [x, y, w, h])")
     _require(bbox[2] >= 0 and bbox[3] >= 0, annotation_file,
              f"{where} has a bbox of negative size {bbox!r}")
+    image = images[ann["image_id"]]
+    if (bbox[0] >= image["width"] or bbox[1] >= image["height"] or bbox[0] + bbox[2] <= 0
+        or bbox[1] + bbox[3] <= 0):
+      outside.append(f"{ann_id} (image_id {ann['image_id']}, bbox {bbox}, image {image['width']}x{image['height']})")
     annotations.setdefault(int(ann["image_id"]), []).append(ann)
+  if outside:
+    logging.warning("%s: %d annotation(s) with a bbox entirely outside their image (clipped to an empty box): "
+                    "annotation id %s", annotation_file, len(outside),
+                    "; ".join(outside[:20]) + (f" ... (+{len(outside) - 20})" if len(outside) > 20 else ""))
 
   return CocoSplit(
       annotation_file=annotation_file,
