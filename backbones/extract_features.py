@@ -213,7 +213,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--max_memory_gb", type=float, default=None,
                       help="skip images estimated to need more (default: device memory, else physical RAM)")
   parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
-  parser.add_argument("--lda_mode", default="v1", choices=("v1", "main"))
+  parser.add_argument("--lda_mode", default=None, choices=("v1", "main"),
+                      help="LDA semantics (default: the checkpoint's, or the variant's)")
   return parser.parse_args(argv)
 
 
@@ -226,8 +227,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   images = list_images(pathlib.Path(args.input))
   out_indices = tuple(int(i) for i in args.out_indices.split(","))
-  module, variables = build_extractor(args.model, args.checkpoint, out_indices=out_indices,
-                                      dtype=_DTYPES[args.dtype], lda_mode=args.lda_mode)
+  options = dict(out_indices=out_indices, dtype=_DTYPES[args.dtype])
+  if args.lda_mode is not None:  # else the converted checkpoint's (a ++ model is "main") or the variant's
+    options["lda_mode"] = args.lda_mode
+  module, variables = build_extractor(args.model, args.checkpoint, **options)
   extract = feature_fn(module, variables)
   limit = int(args.max_memory_gb * 2**30) if args.max_memory_gb else available_memory_bytes()
   output_dir = pathlib.Path(args.output_dir)
