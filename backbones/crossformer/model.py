@@ -3,6 +3,7 @@
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -24,6 +25,22 @@ def per_stage(value: IntOrSeq, num_stages: int, name: str) -> Tuple[int, ...]:
   if len(value) != num_stages:
     raise ValueError(f"{name} needs one value per stage ({num_stages}), got {value}")
   return value
+
+
+# Block rematerialisation policies (what a block keeps for the backward pass; the rest is recomputed):
+#   "full": only the block's input; "dots": also the outputs of its Dense layers (qkv, proj, fc1, fc2),
+#   recomputing norms, GELU and the attention scores/softmax (which long groups chunk anyway).
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def remat_block(block_cls: type, remat: Union[bool, str]) -> type:
+  """``block_cls`` wrapped by ``nn.remat`` with the named policy; unchanged for False/None/"" /"none"."""
+  if remat in (False, None, "", "none"):
+    return block_cls
+  name = "full" if remat is True else remat
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"remat must be a bool or one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+  return nn.remat(block_cls, static_argnums=(2,), policy=REMAT_POLICIES[name])
 
 
 class CrossFormerBlock(nn.Module):
@@ -77,7 +94,7 @@ class CrossFormerBackbone(nn.Module):
     patch_sizes: kernel sizes of the stage-1 cross-scale embedding (stride 4).
     merge_sizes: kernel sizes of each patch-merging layer (stride 2).
     lda_mode: ``"v1"`` (paper and released checkpoints) or ``"main"`` (CrossFormer++ code).
-    remat: recompute block activations in the backward pass (gradient checkpointing).
+    remat: gradient checkpointing of every block, a :data:`REMAT_POLICIES` name (True = ``"full"``).
   """
   dims: Sequence[int] = (96, 192, 384, 768)
   depths: Sequence[int] = (2, 2, 6, 2)
@@ -95,7 +112,7 @@ class CrossFormerBackbone(nn.Module):
   lda_mode: str = "v1"
   in_chans: int = 3
   out_indices: Sequence[int] = (0, 1, 2, 3)
-  remat: bool = False
+  remat: Union[bool, str] = False
   dtype: Dtype = jnp.float32
 
   def __post_init__(self):
@@ -129,7 +146,7 @@ class CrossFormerBackbone(nn.Module):
     group_sizes = per_stage(self.group_sizes, num_stages, "group_sizes")
     intervals = per_stage(self.intervals, num_stages, "intervals")
     drop_path = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
-    block_cls = nn.remat(CrossFormerBlock, static_argnums=(2,)) if self.remat else CrossFormerBlock
+    block_cls = remat_block(CrossFormerBlock, self.remat)
 
     x = CrossScaleEmbedding(self.dims[0], tuple(self.patch_sizes), stride=4,
                             use_norm=self.patch_norm, dtype=self.dtype, name="patch_embed")(
@@ -177,7 +194,7 @@ class CrossFormer(nn.Module):
   drop_path_rate: float = 0.0
   lda_mode: str = "v1"
   in_chans: int = 3
-  remat: bool = False
+  remat: Union[bool, str] = False
   dtype: Dtype = jnp.float32
 
   def backbone_kwargs(self) -> Dict[str, Any]:
