@@ -60,7 +60,7 @@ def table(names: Sequence[str], sizes: Sequence[Tuple[int, int]], dense: bool) -
 def main(argv: Optional[Sequence[str]] = None) -> None:
   """Command-line entry point."""
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--variants", default=",".join(list_models()))
+  parser.add_argument("--variants", default=",".join([n for n in OFFICIAL_224 if n in list_models()]))
   parser.add_argument("--sizes", default="224x224", help="comma-separated HxW")
   parser.add_argument("--dense", action="store_true", help="the dense backbone (4 maps) instead of the classifier")
   args = parser.parse_args(argv)
