@@ -55,6 +55,8 @@ def trainer_config(num_training_steps: Optional[int], batch_size: int, *, rng_se
       init_from=init_from_config(),
       progress_bar=True,
       prefetch_to_device=2,
+      ema_decay=0.0,  # parameter EMA (0: off; e.g. 0.9998), evaluated as eval_ema/* and checkpointed
+      ema_warmup=True,  # decay min(ema_decay, (1 + t) / (10 + t))
   ))
 
 

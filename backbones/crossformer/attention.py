@@ -1,8 +1,20 @@
-"""Group attention with the dynamic position bias (DPB) of CrossFormer."""
+"""Group attention with the dynamic position bias (DPB) of CrossFormer.
+
+Two costs of a naive implementation are avoided, without changing any number of the forward pass:
+
+* The DPB table is expanded to the ``(heads, N, N)`` bias by slicing and reshaping
+  (:func:`expand_relative`), not by a gather: the gradient of a gather is a scatter-add, which XLA runs
+  serially on CPU; the gradient of slices and reshapes is pads and sums.
+* Long groups (v1 LDA keeps the interval fixed, so at 800x1344 every stage has 1050-token groups) do not
+  keep every group's score matrix for the backward pass: when the scores of one call would exceed
+  ``chunk_bytes``, the groups are processed in chunks by ``lax.map`` and each chunk's softmax is recomputed
+  in the backward pass (``jax.checkpoint``), so only one chunk's ``(N, N)`` scores are alive at a time.
+"""
 
 from typing import Any, Optional, Tuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -10,40 +22,116 @@ from backbones.crossformer.grouping import relative_offsets
 from backbones.crossformer.layers import LayerNorm
 
 Dtype = Any
+# Score bytes (float32 scores of one call, all groups and heads) above which the groups are chunked.
+DEFAULT_CHUNK_BYTES = 32 * 2 ** 20
+
+
+def _toeplitz_last(t: jnp.ndarray, n: int) -> jnp.ndarray:
+  """``(..., 2n-1) -> (..., n, n)`` with ``out[..., i, j] = t[..., i - j + n - 1]``, by slicing only."""
+  if n == 1:
+    return t[..., None]
+  length = 2 * n - 1
+  flipped = t[..., ::-1]  # out[i, j] = flipped[n - 1 - i + j]
+  tiled = jnp.tile(flipped, (1,) * (t.ndim - 1) + (n,))
+  # Row i of a (n, 2n-2) view starting at n-1 begins at flipped[(n-1-i) mod (2n-1)]: no wrap for j < n.
+  rows = tiled[..., n - 1:n - 1 + n * (length - 1)].reshape(t.shape[:-1] + (n, length - 1))
+  return rows[..., :n]
+
+
+def expand_relative(table: jnp.ndarray, group_hw: Tuple[int, int]) -> jnp.ndarray:
+  """DPB values per offset ``((2Gh-1)(2Gw-1), heads)`` -> bias ``(heads, N, N)`` for every (query, key).
+
+  Equal to ``table[relative_offsets(group_hw)[1]]`` transposed to heads first (see
+  :func:`grouping.relative_offsets`), computed without a gather.
+  """
+  gh, gw = group_hw
+  heads = table.shape[-1]
+  pos = table.T.reshape(heads, 2 * gh - 1, 2 * gw - 1)
+  pos = _toeplitz_last(pos, gw)                                   # (heads, 2gh-1, wq, wk)
+  pos = _toeplitz_last(pos.transpose(0, 2, 3, 1), gh)             # (heads, wq, wk, hq, hk)
+  return pos.transpose(0, 3, 1, 4, 2).reshape(heads, gh * gw, gh * gw)
 
 
 class DynamicPosBias(nn.Module):
   """MLP from raw relative offsets ``(dh, dw)`` to one bias per head (official ``residual=False``).
 
   ``pos_proj -> [LN, ReLU, Linear] x 3``; evaluated on the ``(2Gh-1)(2Gw-1)`` offsets of whatever group
-  shape occurs and gathered to ``(heads, N, N)``, so any group shape works with the same weights.
+  shape occurs and expanded to ``(heads, N, N)``, so any group shape works with the same weights.
   """
   num_heads: int
   pos_dim: int
 
   @nn.compact
   def __call__(self, group_hw: Tuple[int, int]) -> jnp.ndarray:
-    table, index = relative_offsets(group_hw)
+    table, _ = relative_offsets(group_hw)
     # In the parameters' precision (float32, or float64 under x64): the MLP is tiny.
     pos = nn.Dense(self.pos_dim, name="pos_proj")(jnp.asarray(table))
     for i, width in ((1, self.pos_dim), (2, self.pos_dim), (3, self.num_heads)):
       pos = LayerNorm(name=f"pos{i}_norm")(pos)
       pos = nn.Dense(width, name=f"pos{i}_linear")(nn.relu(pos))
-    n = index.shape[0]
-    bias = pos[index.reshape(-1)].reshape(n, n, self.num_heads)
-    return bias.transpose(2, 0, 1)
+    return expand_relative(pos, group_hw)
+
+
+def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, bias: jnp.ndarray,
+           key_bias: Optional[jnp.ndarray], softmax_dtype: Dtype) -> jnp.ndarray:
+  """Softmax attention of ``(B, G, N, H, D)`` queries (already scaled), keys and values.
+
+  ``bias`` ``(H, N, N)`` is added to every group's scores, ``key_bias`` ``(G, N)`` (or None) to every
+  query's scores of that group; the softmax runs in ``softmax_dtype``. Returns ``(B, G, N, H, D)``.
+  """
+  scores = jnp.einsum("bgqhd,bgkhd->bghqk", q, k).astype(softmax_dtype) + bias
+  if key_bias is not None:
+    scores = scores + key_bias[None, :, None, None, :]
+  weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bghqk,bgkhd->bgqhd", weights, v)
+
+
+def chunked_attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, bias: jnp.ndarray,
+                   key_bias: Optional[jnp.ndarray], softmax_dtype: Dtype,
+                   groups_per_chunk: int) -> jnp.ndarray:
+  """:func:`attend` over chunks of ``groups_per_chunk`` groups (``lax.map``), each rematerialised.
+
+  The result equals :func:`attend`'s; the backward pass recomputes one chunk's scores at a time instead
+  of keeping all of them. ``groups_per_chunk`` must divide the number of groups.
+  """
+  b, g, n, h, d = q.shape
+  c = groups_per_chunk
+  if g % c:
+    raise ValueError(f"groups_per_chunk {c} must divide the number of groups {g}")
+
+  def split(x):  # (B, G, ...) -> (G/c, B, c, ...)
+    return jnp.moveaxis(x.reshape((b, g // c, c) + x.shape[2:]), 1, 0)
+
+  kb = None if key_bias is None else key_bias.reshape(g // c, c, n)
+  core = jax.checkpoint(lambda q, k, v, kb: attend(q, k, v, bias, kb, softmax_dtype))
+  out = jax.lax.map(lambda xs: core(*xs), (split(q), split(k), split(v), kb))
+  return jnp.moveaxis(out, 0, 1).reshape(b, g, n, h, d)
+
+
+def groups_per_chunk(batch: int, groups: int, heads: int, tokens: int, chunk_bytes: Optional[int]) -> int:
+  """The most groups per chunk (a divisor of ``groups``) whose float32 scores fit in ``chunk_bytes``.
+
+  Returns ``groups`` (no chunking) when all scores fit or ``chunk_bytes`` is None.
+  """
+  per_group = 4 * batch * heads * tokens * tokens
+  if chunk_bytes is None or per_group * groups <= chunk_bytes:
+    return groups
+  fits = max(1, chunk_bytes // per_group)
+  return max(c for c in range(1, groups + 1) if groups % c == 0 and c <= fits)
 
 
 class GroupAttention(nn.Module):
   """Multi-head self-attention inside groups, plus DPB and the key-padding bias.
 
   Input ``(B, nG, N, C)`` grouped tokens; output the same shape after the output projection.
+  ``chunk_bytes``: score bytes above which groups are processed in rematerialised chunks (None: never).
   """
   num_heads: int
   qkv_bias: bool = True
   qk_scale: Optional[float] = None
   attn_drop: float = 0.0
   dtype: Dtype = jnp.float32
+  chunk_bytes: Optional[int] = DEFAULT_CHUNK_BYTES
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, group_hw: Tuple[int, int],
@@ -56,11 +144,19 @@ class GroupAttention(nn.Module):
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
     # Softmax in at least float32, also when computing in bfloat16.
     softmax_dtype = jnp.promote_types(self.dtype, jnp.float32)
-    scores = jnp.einsum("bgqhd,bgkhd->bghqk", q * scale, k).astype(softmax_dtype)
-    scores = scores + DynamicPosBias(self.num_heads, c // 16, name="pos")(group_hw)
-    if key_bias is not None:
-      scores = scores + jnp.asarray(key_bias)[None, :, None, None, :]
-    weights = nn.softmax(scores, axis=-1).astype(self.dtype)
-    weights = nn.Dropout(self.attn_drop, deterministic=not train)(weights)
-    out = jnp.einsum("bghqk,bgkhd->bgqhd", weights, v).reshape(b, ng, n, c)
-    return nn.Dense(c, dtype=self.dtype, name="proj")(out)
+    bias = DynamicPosBias(self.num_heads, c // 16, name="pos")(group_hw)
+    key_bias = None if key_bias is None else jnp.asarray(key_bias)
+    dropout = train and self.attn_drop > 0.0
+    chunk = groups_per_chunk(b, ng, self.num_heads, n, None if dropout else self.chunk_bytes)
+    if dropout:  # attention dropout needs the weights: the plain path (official default rate is 0)
+      scores = jnp.einsum("bgqhd,bgkhd->bghqk", q * scale, k).astype(softmax_dtype) + bias
+      if key_bias is not None:
+        scores = scores + key_bias[None, :, None, None, :]
+      weights = nn.Dropout(self.attn_drop, deterministic=False)(
+          jax.nn.softmax(scores, axis=-1).astype(self.dtype))
+      out = jnp.einsum("bghqk,bgkhd->bgqhd", weights, v)
+    elif chunk < ng:
+      out = chunked_attend(q * scale, k, v, bias, key_bias, softmax_dtype, chunk)
+    else:
+      out = attend(q * scale, k, v, bias, key_bias, softmax_dtype)
+    return nn.Dense(c, dtype=self.dtype, name="proj")(out.reshape(b, ng, n, c))

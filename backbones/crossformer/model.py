@@ -4,6 +4,7 @@ image classifier, in Flax linen, NHWC."""
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -55,6 +56,22 @@ def check_pp_options(module: Any) -> None:
     used = ", ".join(f"{k}={v}" for k, v in pp_options.items() if v)
     raise ValueError(f"{used}: CrossFormer++ options exist only in the main-branch code, whose LDA is "
                      "lda_mode='main'; set lda_mode='main'")
+
+
+# Block rematerialisation policies (what a block keeps for the backward pass; the rest is recomputed):
+#   "full": only the block's input; "dots": also the outputs of its Dense layers (qkv, proj, fc1, fc2),
+#   recomputing norms, GELU and the attention scores/softmax (which long groups chunk anyway).
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def remat_block(block_cls: type, remat: Union[bool, str]) -> type:
+  """``block_cls`` wrapped by ``nn.remat`` with the named policy; unchanged for False/None/"" /"none"."""
+  if remat in (False, None, "", "none"):
+    return block_cls
+  name = "full" if remat is True else remat
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"remat must be a bool or one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+  return nn.remat(block_cls, static_argnums=(2,), policy=REMAT_POLICIES[name])
 
 
 class CrossFormerBlock(nn.Module):
@@ -135,7 +152,7 @@ class CrossFormerBackbone(nn.Module):
     pad_type: 0 pads maps at the bottom/right, 1 centres them (official classifier option).
     no_mask: let padded tokens take part in the attention (official classifier option).
     adaptive_interval: LDA interval ``ceil(max(H, W) / G)`` per call instead of ``intervals``.
-    remat: recompute block activations in the backward pass (gradient checkpointing).
+    remat: gradient checkpointing of every block, a :data:`REMAT_POLICIES` name (True = ``"full"``).
   """
   dims: Sequence[int] = (96, 192, 384, 768)
   depths: Sequence[int] = (2, 2, 6, 2)
@@ -160,7 +177,7 @@ class CrossFormerBackbone(nn.Module):
   adaptive_interval: bool = False
   in_chans: int = 3
   out_indices: Sequence[int] = (0, 1, 2, 3)
-  remat: bool = False
+  remat: Union[bool, str] = False
   dtype: Dtype = jnp.float32
 
   def __post_init__(self):
@@ -206,7 +223,7 @@ class CrossFormerBackbone(nn.Module):
     intervals = per_stage(self.intervals, num_stages, "intervals")
     mlp_ratios = per_stage_ratio(self.mlp_ratio, num_stages)
     drop_path = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
-    block_cls = nn.remat(CrossFormerBlock, static_argnums=(2,)) if self.remat else CrossFormerBlock
+    block_cls = remat_block(CrossFormerBlock, self.remat)
 
     x = CrossScaleEmbedding(self.dims[0], tuple(self.patch_sizes), stride=4,
                             use_norm=self.patch_norm, dtype=self.dtype, name="patch_embed")(
@@ -267,7 +284,7 @@ class CrossFormer(nn.Module):
   no_mask: bool = False
   adaptive_interval: bool = False
   in_chans: int = 3
-  remat: bool = False
+  remat: Union[bool, str] = False
   dtype: Dtype = jnp.float32
 
   def backbone_kwargs(self) -> Dict[str, Any]:

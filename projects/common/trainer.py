@@ -14,6 +14,7 @@ Config keys read here (Scenic's names and meanings; defaults in brackets):
   ``params["backbone"]``, see ``pretrained``), optimizer + optimizer_configs and lr_configs (see ``optim``).
   Ours: progress_bar (True), prefetch_to_device (2), rng_names (("dropout",)), weight_decay_configs,
   allow_config_change (False: resuming a workdir refuses a changed config, ``guards.check_resume_config``),
+  ema_decay (0.0 = no parameter EMA; e.g. 0.9998), ema_warmup (True: decay min(d, (1+t)/(10+t))),
   init_input_shape (None: from ``meta_data["input_shape"]`` or the first training batch).
 
 Train step contract: ``loss_function`` returns the loss, or ``(loss, metrics)`` whose metrics the step then
@@ -46,9 +47,10 @@ from projects.common import evaluation
 from projects.common import guards
 from projects.common import optim
 from projects.common import pretrained
+from projects.common import progress as progress_lib
 from projects.common import sharding
 from projects.common.base_model import BaseModel
-from projects.common.train_state import TrainState, count_params
+from projects.common.train_state import TrainState, count_params, init_ema, update_ema
 
 # hook(step, state, metrics): called after every train step with the step's device metrics.
 Hook = Callable[[int, TrainState, Mapping[str, Any]], None]
@@ -102,12 +104,14 @@ def _split_apply_output(result: Any, mutable: Sequence[str]):
 
 
 def make_train_step(model: BaseModel, tx, schedule: optim.Schedule, dtype: jnp.dtype,
-                    rng_names: Sequence[str] = ("dropout",)) -> Callable[..., Any]:
+                    rng_names: Sequence[str] = ("dropout",), ema_decay: float = 0.0,
+                    ema_warmup: bool = True) -> Callable[..., Any]:
   """Returns the (un-jitted) ``train_step(state, batch) -> (state, metrics)``.
 
   Metrics are ``{name: (sum, count)}``: those returned by ``loss_function`` as ``(loss, metrics)``, else
   ``model.get_metrics_fn_jit("train")``'s, plus ``objective`` (the minimised value), ``grad_norm`` (global L2
   norm of the gradients) and ``learning_rate`` (as ``(value, 1)``).
+  When the state keeps ``ema_params``, they are updated with ``ema_decay`` (``train_state.update_ema``).
   """
   metrics_fn = model.get_metrics_fn_jit("train")
 
@@ -139,6 +143,9 @@ def make_train_step(model: BaseModel, tx, schedule: optim.Schedule, dtype: jnp.d
     metrics["learning_rate"] = (schedule(state.step), jnp.ones((), jnp.float32))
     new_state = state.replace(step=state.step + 1, params=new_params,
                               model_state=dict(new_model_state), opt_state=new_opt_state)
+    if state.ema_params is not None:
+      new_state = new_state.replace(ema_params=update_ema(state.ema_params, new_params, state.step + 1,
+                                                          ema_decay, ema_warmup))
     return new_state, metrics
 
   return train_step
@@ -229,9 +236,10 @@ def initialize_state(model: BaseModel, config: ml_collections.ConfigDict, datase
     num_bb = count_params(params["backbone"])
     logging.info("backbone parameters: %d (%.2f M)", num_bb, num_bb / 1e6)
   opt_state = jax.jit(tx.init, out_shardings=replicated)(params)
+  ema_params = init_ema(params) if float(config.get("ema_decay", 0.0) or 0.0) > 0.0 else None
   return TrainState(step=sharding.replicate(jnp.zeros((), jnp.int32), mesh), params=params,
                     model_state=variables, opt_state=opt_state,
-                    rng=sharding.replicate(train_rng, mesh))
+                    rng=sharding.replicate(train_rng, mesh), ema_params=ema_params)
 
 
 def _write_scalars(writer, step: int, prefix: str, values: Mapping[str, Any]) -> None:
@@ -316,23 +324,36 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
 
   replicated = sharding.replicated_sharding(mesh)
   batch_spec = sharding.batch_sharding(mesh)
+  ema_decay = float(config.get("ema_decay", 0.0) or 0.0)
+  if not 0.0 <= ema_decay < 1.0:
+    raise ValueError(f"config.ema_decay must be in [0, 1) (0 = no EMA), got {ema_decay}")
   train_step = jax.jit(make_train_step(model, tx, schedule, dtype,
-                                       tuple(config.get("rng_names", ("dropout",)))),
+                                       tuple(config.get("rng_names", ("dropout",))),
+                                       ema_decay=ema_decay, ema_warmup=bool(config.get("ema_warmup", True))),
                        in_shardings=(replicated, batch_spec), out_shardings=(replicated, replicated),
                        donate_argnums=(0,))
   eval_step = jax.jit(make_eval_step(model, dtype, evaluator), in_shardings=(replicated, batch_spec))
 
   def evaluate(step: int) -> Dict[str, Any]:
+    """Evaluates the live parameters (``eval/*``) and, when kept, their EMA (``eval_ema/*``, ``["ema"]``)."""
     if dataset.eval_iter_fn is None:
       return {}
-    start = time.time()
-    results = evaluation.run_evaluation(eval_step, state, dataset.eval_iter_fn(),
-                                        functools.partial(sharding.shard_batch, mesh=mesh), evaluator,
-                                        max_batches=steps_per_eval)
-    results["duration_s"] = time.time() - start
-    _write_scalars(writer, step, "eval", results)
+    results = {}
+    for prefix, params in (("eval", state.params), ("eval_ema", state.ema_params)):
+      if params is None:
+        continue
+      start = time.time()
+      out = evaluation.run_evaluation(eval_step, state.replace(params=params), dataset.eval_iter_fn(),
+                                      functools.partial(sharding.shard_batch, mesh=mesh), evaluator,
+                                      max_batches=steps_per_eval)
+      out["duration_s"] = time.time() - start
+      _write_scalars(writer, step, prefix, out)
+      logging.info("%s at step %d: %s", prefix, step, evaluation.scalar_results(out))
+      if prefix == "eval":
+        results = out
+      else:
+        results["ema"] = out
     writer.flush()
-    logging.info("eval at step %d: %s", step, evaluation.scalar_results(results))
     return results
 
   train_summary: Dict[str, float] = {}
@@ -343,6 +364,7 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
                                       size=int(config.get("prefetch_to_device", 2)))
   progress = tqdm.tqdm(total=num_steps, initial=start_step, desc="train", unit="step",
                        disable=not (is_main and config.get("progress_bar", True)), dynamic_ncols=True)
+  completed = progress_lib.CompletedSteps(max_in_flight=max(1, int(config.get("prefetch_to_device", 2))))
   interval_start, interval_examples = time.time(), 0
   try:
     for step in range(start_step + 1, num_steps + 1):
@@ -351,6 +373,7 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
       except StopIteration:
         raise ValueError(f"the training iterator ended before step {step} of {num_steps}") from None
       state, metrics = train_step(state, batch)
+      completed.dispatched(step, metrics)  # the bar counts finished steps (metrics are not donated)
       accumulator.add(metrics)
       finite_guard.add(step, metrics)
       interval_examples += global_batch
@@ -373,17 +396,20 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
         _write_scalars(writer, step, "train", train_summary)
         progress.set_postfix(loss=f"{train_summary['loss']:.4f}",
                              img_s=f"{train_summary.get('images_per_sec', 0.0):.1f}")
-      progress.update(1)
+      progress.update(completed.poll())
       if checkpointer is not None and checkpointer.wants_save(step, force=(step == num_steps)):
+        progress.update(completed.wait_all())
         _check_finite(finite_guard, checkpointer)  # never save a diverged state
         guards.check_params_finite(step, state.params)
         checkpointer.save(step, state, force=(step == num_steps))
       if (eval_every > 0 and step % eval_every == 0) or step == num_steps:
+        progress.update(completed.wait_all())
         _check_finite(finite_guard, checkpointer)
         eval_summary = evaluate(step)
         interval_start, interval_examples = time.time(), 0  # images/s counts training time only
     if start_step >= num_steps and not eval_summary:
       eval_summary = evaluate(num_steps)
+    progress.update(completed.wait_all())
   finally:
     progress.close()
     if checkpointer is not None:

@@ -1,0 +1,102 @@
+"""Attention internals: the gather-free DPB expansion, chunked (rematerialised) attention, remat policies."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from backbones import create_model
+from backbones.crossformer import attention
+from backbones.crossformer import grouping
+from backbones.crossformer.model import remat_block, CrossFormerBlock
+
+TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2))
+
+
+def test_expand_relative_equals_the_official_gather():
+  for group_hw in [(1, 1), (1, 4), (3, 2), (7, 7), (25, 42)]:
+    _check_expand(group_hw)
+
+
+def _check_expand(group_hw):
+  table, index = grouping.relative_offsets(group_hw)
+  values = np.random.default_rng(0).normal(size=(table.shape[0], 3)).astype(np.float32)
+  n = group_hw[0] * group_hw[1]
+  want = values[index.reshape(-1)].reshape(n, n, 3).transpose(2, 0, 1)
+  np.testing.assert_array_equal(np.asarray(attention.expand_relative(values, group_hw)), want)
+
+
+def _plan_inputs(plan, heads=2, head_dim=4, batch=2, seed=0):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+  shape = (batch, plan.num_groups, plan.group_tokens, heads, head_dim)
+  q, k, v = (jax.random.normal(key, shape) for key in keys[:3])
+  bias = jax.random.normal(keys[3], (heads, plan.group_tokens, plan.group_tokens))
+  key_bias = grouping.key_padding_bias(plan)
+  return q, k, v, bias, None if key_bias is None else jnp.asarray(key_bias)
+
+
+# SDA with padding (masked keys), LDA v1 with padding, main-mode LDA without padding.
+@pytest.mark.parametrize("plan", [grouping.plan_groups(10, 14, 4, 2, False),
+                                  grouping.plan_groups(10, 13, 4, 2, True),
+                                  grouping.plan_groups(16, 16, 2, 2, True, "main")],
+                         ids=["sda_masked", "lda_v1_masked", "lda_main"])
+def test_chunked_attention_equals_unchunked_values_and_gradients(plan):
+  q, k, v, bias, key_bias = _plan_inputs(plan)
+  assert plan.num_groups >= 4 and (key_bias is not None) == plan.needs_mask
+
+  def loss(fn, q, k, v, bias):
+    out = fn(q, k, v, bias, key_bias, jnp.float32)
+    return jnp.sum(out * jnp.cos(out)), out
+
+  chunk = attention.groups_per_chunk(2, plan.num_groups, 2, plan.group_tokens, 4 * 2 * 2 * plan.group_tokens ** 2)
+  assert chunk == 1
+  chunked = lambda *a: attention.chunked_attend(*a, groups_per_chunk=2)
+  (_, want), want_grads = jax.jit(jax.value_and_grad(lambda *a: loss(attention.attend, *a), (0, 1, 2, 3),
+                                                     has_aux=True))(q, k, v, bias)
+  (_, got), got_grads = jax.jit(jax.value_and_grad(lambda *a: loss(chunked, *a), (0, 1, 2, 3),
+                                                   has_aux=True))(q, k, v, bias)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  for g, w in zip(got_grads, want_grads):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="divide"):
+    attention.chunked_attend(q, k, v, bias, key_bias, jnp.float32, groups_per_chunk=5)
+
+
+def test_group_attention_module_chunks_only_above_the_threshold():
+  plan = grouping.plan_groups(10, 13, 4, 2, True)
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, plan.num_groups, plan.group_tokens, 16))
+  kb = grouping.key_padding_bias(plan)
+  plain = attention.GroupAttention(2, chunk_bytes=None)
+  chunked = attention.GroupAttention(2, chunk_bytes=1)
+  variables = plain.init(jax.random.PRNGKey(1), x, plan.group_hw, kb)
+  np.testing.assert_allclose(chunked.apply(variables, x, plan.group_hw, kb),
+                             plain.apply(variables, x, plan.group_hw, kb), rtol=1e-6, atol=1e-6)
+  assert "scan" in str(jax.make_jaxpr(lambda x: chunked.apply(variables, x, plan.group_hw, kb))(x))
+  assert "scan" not in str(jax.make_jaxpr(lambda x: plain.apply(variables, x, plan.group_hw, kb))(x))
+  assert attention.groups_per_chunk(1, 8, 2, 16, None) == 8
+  assert attention.groups_per_chunk(1, 8, 2, 16, 10 ** 9) == 8
+  assert attention.groups_per_chunk(1, 12, 1, 16, 4 * 16 * 16 * 5) == 4  # largest divisor of 12 <= 5
+
+
+def test_remat_policies_give_the_same_outputs_and_gradients():
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 64, 64, 3))
+  small = dict(TINY, depths=(2, 1, 1, 1))  # an SDA and an LDA block, then one block per stage
+  models = {p: create_model("crossformer_t", remat=p, drop_path_rate=0.1, **small)
+            for p in (False, "dots")}  # remat=True ("full") is tested in test_backbone_api
+  params = jax.jit(models[False].init)(jax.random.PRNGKey(1), x)["params"]
+
+  def loss(model, params):
+    feats = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+    return sum(jnp.mean(f ** 2) for f in feats.values())
+
+  results = {p: jax.jit(jax.value_and_grad(lambda prm, m=m: loss(m, prm)))(params)
+             for p, m in models.items()}
+  want_loss, want_grads = results[False]
+  for policy in ("dots",):
+    got_loss, got_grads = results[policy]
+    np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+  assert remat_block(CrossFormerBlock, False) is CrossFormerBlock
+  with pytest.raises(ValueError, match="remat must be"):
+    remat_block(CrossFormerBlock, "everything")
