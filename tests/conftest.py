@@ -28,6 +28,17 @@ def official_fixtures_dir() -> pathlib.Path:
   return SHARED_FIXTURES
 
 
+@pytest.fixture(autouse=True)
+def _forget_config_override_flags():
+  """``config_flags`` defines the ``--config.a.b`` override flags of the config it parses; an in-process CLI
+  test that parses another config would then redefine them (``DuplicateFlagError``). Forget them after every
+  test."""
+  yield
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+    delattr(flags.FLAGS, name)
+
+
 @pytest.fixture
 def event_scalars():
   """``read(workdir, tag) -> {step: value}`` from the TensorBoard event files a job wrote."""

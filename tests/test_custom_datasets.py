@@ -174,12 +174,6 @@ def get_config():
 '''
 
 
-def _forget_override_flags(flag_values):
-  """Removes the ``--config.a.b`` flags config_flags defined on a parse, so another CLI test can parse."""
-  for name in [n for n in flag_values if n.startswith("config.")]:
-    delattr(flag_values, name)
-
-
 @pytest.mark.slow
 def test_fine_tune_custom_folder_through_cli_then_predict(tmp_path_factory, tmp_path, monkeypatch):
   """The custom-folder recipe (shrunk) for 3 steps through the job's CLI; evaluate and predict on the run."""
@@ -198,14 +192,12 @@ def test_fine_tune_custom_folder_through_cli_then_predict(tmp_path_factory, tmp_
           "--config.log_summary_steps=1", "--config.log_eval_steps=0", "--config.checkpoint_steps=3",
           "--config.progress_bar=False"]
   monkeypatch.setattr("sys.argv", argv)  # config_flags reads the overrides from sys.argv
-  _forget_override_flags(flags.FLAGS)
   flags.FLAGS.unparse_flags()
   flags.FLAGS(argv)
   try:
     main.main(["main"])
   finally:
     flags.FLAGS.unparse_flags()
-    _forget_override_flags(flags.FLAGS)
   names = list(synthetic.FOLDER_CLASS_NAMES)
   stored = json.loads((workdir / "config.json").read_text())
   assert stored["dataset_meta"] == {"num_classes": 8, "class_names": names}

@@ -345,7 +345,7 @@ def test_a_scenic_named_config_drives_our_trainer(tmp_path):
   assert int(jax.device_get(result.state.step)) == 6  # 2 epochs x 3 steps
   np.testing.assert_allclose([lr for _, lr, _ in seen], [0.05 * min(1.0, 0.5 + t * 0.5 / 4) for t in range(6)],
                              rtol=1e-6)
-  assert seen[0][2] == {"accuracy", "loss", "objective", "learning_rate"}
+  assert seen[0][2] == {"accuracy", "loss", "objective", "grad_norm", "learning_rate"}
   assert sorted(p.name for p in (tmp_path / "work" / "checkpoints").iterdir()) == ["6"]
   assert np.isfinite(result.train_summary["loss"])
 

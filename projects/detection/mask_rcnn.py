@@ -465,8 +465,10 @@ class MaskRCNNModel(BaseModel):
                        "**apply_kwargs(batch, train=True)")
     return metrics["total_loss"][0] + self.l2_regularization(model_params), metrics
 
-  def get_metrics_fn(self, split: Optional[str] = None) -> Callable[[Mapping[str, Any], Batch], Metrics]:
-    """``fn(outputs, batch) -> {name: (sum, count)}``: the loss terms (train) or detection counts (eval)."""
+  def get_metrics_fn_jit(self, split: Optional[str] = None) -> Callable[[Mapping[str, Any], Batch], Metrics]:
+    """``fn(outputs, batch) -> {name: (sum, count)}`` over the global batch (our jit trainer): the loss terms
+    (train) or detection counts (eval). ``get_metrics_fn`` (the base class) is the same summed over Scenic's
+    pmap axis."""
     del split
     return self._loss_terms
 
