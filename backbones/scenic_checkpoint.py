@@ -12,12 +12,13 @@ one back (ours or Scenic's) without unpickling anything.
 import os
 import pathlib
 import re
-import tempfile
 from typing import Any, Dict, Mapping, Optional, Union
 
 import flax
 import jax
 import numpy as np
+
+from backbones import checkpoint_io
 
 PathLike = Union[str, os.PathLike]
 PREFIX = "checkpoint_"
@@ -44,13 +45,7 @@ def save_scenic_checkpoint(directory: PathLike, backbone_params: Any, step: int 
       "rng": np.zeros((2,), np.uint32),
       "metadata": {str(k): str(v) for k, v in (metadata or {}).items()},
   }
-  data = flax.serialization.msgpack_serialize(state)
-  with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", delete=False) as tmp:
-    tmp.write(data)
-    tmp.flush()
-    os.fsync(tmp.fileno())
-  os.replace(tmp.name, path)
-  return path
+  return checkpoint_io.write_atomic(path, flax.serialization.msgpack_serialize(state))
 
 
 def find_scenic_checkpoint(path: PathLike) -> Optional[pathlib.Path]:

@@ -1,5 +1,6 @@
 """Weights as safetensors and in the Hub layout (offline Hub cache), and model export (StableHLO, SavedModel)."""
 
+import importlib
 import sys
 
 import jax
@@ -56,7 +57,7 @@ def offline_hub(tmp_path, monkeypatch):
   monkeypatch.setenv("HF_HUB_CACHE", str(cache))
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   if "huggingface_hub" in sys.modules:  # its constants are read at import time
-    constants = sys.modules["huggingface_hub"].constants
+    constants = importlib.import_module("huggingface_hub.constants")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
   return cache

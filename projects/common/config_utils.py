@@ -150,15 +150,8 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def _write_text_atomic(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  from backbones import checkpoint_io  # pylint: disable=import-outside-toplevel
+  checkpoint_io.write_atomic(path, text.encode())
 
 
 def _json_safe(value: Any) -> Any:

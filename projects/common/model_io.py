@@ -12,7 +12,6 @@
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import flax
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from backbones import checkpoint_io
 from heads import official
 
 FORMAT = "crossformer-jax-model/1"
@@ -124,19 +124,7 @@ def save_model_file(path: PathLike, config: ml_collections.ConfigDict, variables
     raise ValueError(f"save_model_file: variables need 'params', got {sorted(variables)}")
   payload = {"format": FORMAT, "config": _config_json(config),
              "variables": jax.tree.map(np.asarray, flax.core.unfreeze(dict(variables)))}
-  data = flax.serialization.msgpack_serialize(payload)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-    try:
-      tmp.write(data)
-      tmp.flush()
-      os.fsync(tmp.fileno())
-    except BaseException:
-      os.unlink(tmp.name)
-      raise
-  os.chmod(tmp.name, 0o644)
-  os.replace(tmp.name, path)
-  return path
+  return checkpoint_io.write_atomic(path, flax.serialization.msgpack_serialize(payload))
 
 
 def load_model_file(path: PathLike) -> Tuple[ml_collections.ConfigDict, Dict[str, Any]]:

@@ -17,13 +17,14 @@ import io
 import json
 import os
 import pathlib
-import tempfile
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, PngImagePlugin
 from tqdm import tqdm
+
+from backbones import checkpoint_io
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 SOURCE_KEY = "source"
@@ -66,23 +67,8 @@ def output_bases(inputs: Sequence[pathlib.Path], root: Optional[pathlib.Path], o
 
 
 def atomic_write(path: pathlib.Path, data: bytes) -> pathlib.Path:
-  """Writes ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as f:
-    tmp = f.name
-    try:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    except BaseException:
-      os.unlink(tmp)
-      raise
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it (temp files start at 0600)
-  os.replace(tmp, path)
-  return path
+  """Writes ``data`` to ``path`` atomically with normal permissions (``backbones.checkpoint_io.write_atomic``)."""
+  return checkpoint_io.write_atomic(path, data)
 
 
 def png_bytes(array: np.ndarray, source: str) -> bytes:
