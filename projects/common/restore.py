@@ -51,6 +51,14 @@ def load_job_config(config_or_path: ConfigOrPath) -> ml_collections.ConfigDict:
   return config_utils.load_config(str(path))
 
 
+def add_model_arguments(parser: Any) -> None:
+  """The ``--config`` / ``--checkpoint`` arguments every predict/evaluate/export command takes (argparse)."""
+  parser.add_argument("--config", default=None, help="job config (.py or a run's config.json); optional "
+                      "for a workdir or a converted model file")
+  parser.add_argument("--checkpoint", required=True,
+                      help="training workdir, converted model file, or official .pth/.npz")
+
+
 def task_of(config: ml_collections.ConfigDict) -> str:
   """``"segmentation"`` or ``"detection"`` (RetinaNet, Mask R-CNN) of ``config``'s model."""
   kind = model_io.model_kind(config)

@@ -33,10 +33,7 @@ from projects.detection.evaluation import CocoEvaluator
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", default=None, help="job config (.py or a run's config.json); optional "
-                      "for a workdir or a converted model file")
-  parser.add_argument("--checkpoint", required=True,
-                      help="training workdir, converted model file, or official .pth/.npz")
+  restore.add_model_arguments(parser)
   parser.add_argument("--data_dir", default=None, help="tfds data dir (default: config.dataset.data_dir)")
   parser.add_argument("--manual_dir", default=None, help="COCO tree (default: config.dataset.manual_dir)")
   parser.add_argument("--eval_batch_size", type=int, default=None,

@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Sequence
 
 from projects.common import images as images_lib
 from projects.common import predict_io
+from projects.common import restore
 from projects.detection import predictor
 from projects.detection import visualize
 
@@ -36,10 +37,7 @@ def image_id_of(path: pathlib.Path) -> int:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", default=None, help="job config (.py or a run's config.json); optional "
-                      "for a workdir or a converted model file")
-  parser.add_argument("--checkpoint", required=True,
-                      help="training workdir, converted model file, or official .pth/.npz")
+  restore.add_model_arguments(parser)
   parser.add_argument("--input", required=True, help="an image file or a folder of images")
   parser.add_argument("--output_dir", required=True)
   parser.add_argument("--score_threshold", type=float, default=None,

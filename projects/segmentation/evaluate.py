@@ -30,10 +30,7 @@ from projects.segmentation import train
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", default=None, help="job config (.py or a run's config.json); optional "
-                      "for a workdir or a converted model file")
-  parser.add_argument("--checkpoint", required=True,
-                      help="training workdir, converted model file, or official .pth/.npz")
+  restore.add_model_arguments(parser)
   parser.add_argument("--mode", default=None, choices=predictor.TEST_MODES,
                       help="test-time mode (default: config.inference, else whole)")
   parser.add_argument("--data_dir", default=None, help="tfds data dir (default: config.dataset.data_dir)")
