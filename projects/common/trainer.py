@@ -394,7 +394,7 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
           train_summary["images_per_sec"] = interval_examples / elapsed
         interval_start, interval_examples = time.time(), 0
         _write_scalars(writer, step, "train", train_summary)
-        progress.set_postfix(loss=f"{train_summary['loss']:.4f}",
+        progress.set_postfix(loss=f"{train_summary.get('loss', train_summary['objective']):.4f}",
                              img_s=f"{train_summary.get('images_per_sec', 0.0):.1f}")
       progress.update(completed.poll())
       if checkpointer is not None and checkpointer.wants_save(step, force=(step == num_steps)):

@@ -335,7 +335,8 @@ def mask_loss_sum(mask_logits: jnp.ndarray, targets: jnp.ndarray, weights: jnp.n
 
 
 def loss_terms(outputs: Mapping[str, Any]) -> Metrics:
-  """The five official losses, ``acc`` and ``total_loss`` as ``{name: (value, 1)}`` from training outputs.
+  """The five official losses, ``acc`` and ``loss`` (their sum; Scenic's name, as RetinaNet's) as
+  ``{name: (value, 1)}`` from training outputs.
 
   Normalisation as mmdet: RPN losses by the sampled anchors of the batch, ``loss_cls`` and ``loss_bbox`` by
   the sampled RoIs, ``loss_mask`` by positives x 28 x 28; evaluation outputs give ``num_detections``.
@@ -364,7 +365,7 @@ def loss_terms(outputs: Mapping[str, Any]) -> Metrics:
       "loss_mask": mask_sum / mask_count,
   }
   metrics = {k: (v, one) for k, v in values.items()}
-  metrics["total_loss"] = (sum(values.values()), one)
+  metrics["loss"] = (sum(values.values()), one)
   metrics["acc"] = (100.0 * rcnn["correct"] / rcnn_count, one)
   metrics["num_rcnn_pos"] = (outputs["rcnn_is_pos"].sum().astype(jnp.float32), one)
   return metrics
@@ -460,10 +461,10 @@ class MaskRCNNModel(BaseModel):
                     model_params: Optional[Any] = None) -> Tuple[jnp.ndarray, Metrics]:
     """``(total_loss, metrics)``: the sum of the five official losses (plus Scenic's optional L2 term)."""
     metrics = self._loss_terms(outputs, batch)
-    if "total_loss" not in metrics:
+    if "loss" not in metrics:
       raise ValueError("loss_function needs training outputs: apply the model with train=True and "
                        "**apply_kwargs(batch, train=True)")
-    return metrics["total_loss"][0] + self.l2_regularization(model_params), metrics
+    return metrics["loss"][0] + self.l2_regularization(model_params), metrics
 
   def get_metrics_fn_jit(self, split: Optional[str] = None) -> Callable[[Mapping[str, Any], Batch], Metrics]:
     """``fn(outputs, batch) -> {name: (sum, count)}`` over the global batch (our jit trainer): the loss terms
