@@ -62,8 +62,15 @@ def main() -> None:
   checkpoints = os.path.join(workdir, "checkpoints")
 
   def audit(event, event_args):
-    if event == "open" and isinstance(event_args[0], str) and event_args[1] and any(c in event_args[1] for c in "wax+"):
-      path = os.path.abspath(event_args[0])
+    path = None
+    if event == "open" and isinstance(event_args[0], str):
+      mode, flags = event_args[1], event_args[2]
+      if (mode and any(c in mode for c in "wax+")) or (mode is None and flags & (os.O_WRONLY | os.O_RDWR)):
+        path = event_args[0]  # open() for writing, or os.open (mkstemp) of an atomic write's temp file
+    elif event == "os.rename" and isinstance(event_args[1], str):
+      path = event_args[1]  # os.replace of an atomic write: its destination
+    if path is not None:
+      path = os.path.abspath(path)
       if path.startswith(workdir + os.sep) and not path.startswith(checkpoints + os.sep):
         write({"wrote": re.sub(r"\.tmp-\d+$", "", os.path.relpath(path, workdir))})
   sys.addaudithook(audit)
