@@ -17,6 +17,7 @@ import io
 import json
 import os
 import pathlib
+import sys
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -144,3 +145,12 @@ def run_over_inputs(input_path: str, output_dir: str, suffixes: Sequence[str],
   return {"done": done, "skipped": skipped,
           "seconds_per_image": float(np.mean(durations[1:])) if len(durations) > 1 else float("nan"),
           "first_image_seconds": durations[0] if durations else float("nan")}
+
+
+def print_summary(summary: Mapping[str, Any], verb: str, output_dir: str) -> None:
+  """The one-line report of a predict command (timings, skipped count) and one stderr line per skipped file."""
+  print(f"{verb} {len(summary['done'])} image(s) into {output_dir} "
+        f"(first {summary['first_image_seconds']:.2f} s with compilation, then "
+        f"{summary['seconds_per_image']:.2f} s/image); skipped {len(summary['skipped'])}")
+  for path, reason in summary["skipped"].items():
+    print(f"  skipped {path}: {reason}", file=sys.stderr)

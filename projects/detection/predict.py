@@ -71,11 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
   summary = predict_io.run_over_inputs(args.input, args.output_dir, SUFFIXES, predict_and_write,
                                        overwrite=args.overwrite, desc="detect")
-  print(f"detected objects in {len(summary['done'])} image(s) into {args.output_dir} "
-        f"(first {summary['first_image_seconds']:.2f} s with compilation, then "
-        f"{summary['seconds_per_image']:.2f} s/image); skipped {len(summary['skipped'])}")
-  for path, reason in summary["skipped"].items():
-    print(f"  skipped {path}: {reason}", file=sys.stderr)
+  predict_io.print_summary(summary, "detected objects in", args.output_dir)
   return summary
 
 
