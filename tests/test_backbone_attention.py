@@ -1,5 +1,7 @@
-"""Attention internals: the gather-free DPB expansion, chunked (rematerialised) attention, remat policies."""
+"""Attention internals: the gather-free DPB expansion, the hand-written attention and MLP backward passes
+(chunked or not), remat policies."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,8 @@ import pytest
 from backbones import create_model
 from backbones.crossformer import attention
 from backbones.crossformer import grouping
+from backbones.crossformer import lean
+from backbones.crossformer.layers import LayerNorm, gelu
 from backbones.crossformer.model import remat_block, CrossFormerBlock
 
 TINY = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2))
@@ -40,26 +44,66 @@ def _plan_inputs(plan, heads=2, head_dim=4, batch=2, seed=0):
                                   grouping.plan_groups(10, 13, 4, 2, True),
                                   grouping.plan_groups(16, 16, 2, 2, True, "main")],
                          ids=["sda_masked", "lda_v1_masked", "lda_main"])
-def test_chunked_attention_equals_unchunked_values_and_gradients(plan):
+@pytest.mark.parametrize("chunk", [2, None], ids=["chunked", "whole"])
+def test_lean_attention_equals_autodiff_of_the_plain_formula(plan, chunk):
   q, k, v, bias, key_bias = _plan_inputs(plan)
   assert plan.num_groups >= 4 and (key_bias is not None) == plan.needs_mask
+  chunk = chunk or plan.num_groups
 
   def loss(fn, q, k, v, bias):
     out = fn(q, k, v, bias, key_bias, jnp.float32)
     return jnp.sum(out * jnp.cos(out)), out
 
-  chunk = attention.groups_per_chunk(2, plan.num_groups, 2, plan.group_tokens, 4 * 2 * 2 * plan.group_tokens ** 2)
-  assert chunk == 1
-  chunked = lambda *a: attention.chunked_attend(*a, groups_per_chunk=2)
+  lean_fn = lambda *a: lean.attention(*a, chunk)
   (_, want), want_grads = jax.jit(jax.value_and_grad(lambda *a: loss(attention.attend, *a), (0, 1, 2, 3),
                                                      has_aux=True))(q, k, v, bias)
-  (_, got), got_grads = jax.jit(jax.value_and_grad(lambda *a: loss(chunked, *a), (0, 1, 2, 3),
+  (_, got), got_grads = jax.jit(jax.value_and_grad(lambda *a: loss(lean_fn, *a), (0, 1, 2, 3),
                                                    has_aux=True))(q, k, v, bias)
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
   for g, w in zip(got_grads, want_grads):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="divide"):
-    attention.chunked_attend(q, k, v, bias, key_bias, jnp.float32, groups_per_chunk=5)
+    lean.attention(q, k, v, bias, key_bias, jnp.float32, 5)
+
+
+def test_lean_backward_passes_are_exact_in_float64():
+  """In float64 the hand-written gradients (attention, MLP, LayerNorm) equal autodiff's to rounding."""
+  with jax.enable_x64():
+    plan = grouping.plan_groups(10, 13, 4, 2, True)
+    q, k, v, bias, key_bias = (None if t is None else t.astype(jnp.float64) for t in _plan_inputs(plan))
+    f = lambda fn: lambda q, k, v, b: jnp.sum(jnp.sin(fn(q, k, v, b)))
+    want = jax.grad(f(lambda *a: attention.attend(*a, key_bias, jnp.float64)), (0, 1, 2, 3))(q, k, v, bias)
+    got = jax.grad(f(lambda *a: lean.attention(*a, key_bias, jnp.float64, 2)), (0, 1, 2, 3))(q, k, v, bias)
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    rng = np.random.default_rng(0)
+    args = [jnp.asarray(rng.normal(size=s)) for s in [(2, 5, 6), (6, 24), (24,), (24, 6), (6,)]]
+    plain = lambda x, w1, b1, w2, b2: jnp.dot(gelu(jnp.dot(x, w1) + b1), w2) + b2
+    want = jax.grad(lambda *a: jnp.sum(jnp.sin(plain(*a))), range(5))(*args)
+    got = jax.grad(lambda *a: jnp.sum(jnp.sin(lean.gelu_mlp(*a))), range(5))(*args)
+    np.testing.assert_array_equal(lean.gelu_mlp(*args), plain(*args))
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+    x = jnp.asarray(rng.normal(3.0, 2.0, size=(2, 5, 6)))
+    variables = nn.LayerNorm(epsilon=1e-5).init(jax.random.PRNGKey(0), x)
+    variables = jax.tree.map(lambda t: t + jnp.asarray(rng.normal(size=t.shape)), variables)
+    f = lambda module: lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)) * jnp.arange(6.0))
+    want = jax.grad(f(nn.LayerNorm(epsilon=1e-5)), (0, 1))(variables, x)
+    got = jax.grad(f(LayerNorm()), (0, 1))(variables, x)
+    np.testing.assert_array_equal(LayerNorm().apply(variables, x), nn.LayerNorm(epsilon=1e-5).apply(variables, x))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+
+
+def test_lean_backward_keeps_no_score_matrix():
+  """The attention keeps q, k, v, the output, the log-sum-exp and the inputs: no per-group N^2 scores."""
+  plan = grouping.plan_groups(32, 32, 8, 4, True)  # 16 groups of 64 tokens
+  q, k, v, bias, key_bias = _plan_inputs(plan)
+  _, residuals = lean._attention_fwd(q, k, v, bias, key_bias, jnp.float32, 2)  # pylint: disable=protected-access
+  assert plan.group_tokens == 64 and q.shape[-1] < plan.group_tokens
+  sizes = sorted(np.size(r) for r in jax.tree.leaves(residuals))
+  assert sizes[-1] == q.size and sizes[-2] == q.size  # q, k, v, out: (B, G, N, H, D) each
+  assert sum(sizes) == 4 * q.size + bias.size + q.size // q.shape[-1]  # + lse (B, G, H, N)
 
 
 def test_group_attention_module_chunks_only_above_the_threshold():
@@ -71,6 +115,7 @@ def test_group_attention_module_chunks_only_above_the_threshold():
   variables = plain.init(jax.random.PRNGKey(1), x, plan.group_hw, kb)
   np.testing.assert_allclose(chunked.apply(variables, x, plan.group_hw, kb),
                              plain.apply(variables, x, plan.group_hw, kb), rtol=1e-6, atol=1e-6)
+  # lax.map is a scan: only the chunked module loops over groups.
   assert "scan" in str(jax.make_jaxpr(lambda x: chunked.apply(variables, x, plan.group_hw, kb))(x))
   assert "scan" not in str(jax.make_jaxpr(lambda x: plain.apply(variables, x, plan.group_hw, kb))(x))
   assert attention.groups_per_chunk(1, 8, 2, 16, None) == 8

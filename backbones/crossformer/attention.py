@@ -5,10 +5,10 @@ Two costs of a naive implementation are avoided, without changing any number of 
 * The DPB table is expanded to the ``(heads, N, N)`` bias by slicing and reshaping
   (:func:`expand_relative`), not by a gather: the gradient of a gather is a scatter-add, which XLA runs
   serially on CPU; the gradient of slices and reshapes is pads and sums.
-* Long groups (v1 LDA keeps the interval fixed, so at 800x1344 every stage has 1050-token groups) do not
-  keep every group's score matrix for the backward pass: when the scores of one call would exceed
-  ``chunk_bytes``, the groups are processed in chunks by ``lax.map`` and each chunk's softmax is recomputed
-  in the backward pass (``jax.checkpoint``), so only one chunk's ``(N, N)`` scores are alive at a time.
+* No ``(N, N)`` matrix is kept for the backward pass (:func:`lean.attention` recomputes the probabilities),
+  and long groups (v1 LDA keeps the interval fixed, so at 800x1344 every stage has 1050-token groups)
+  are processed a chunk of groups at a time when the scores of one call would exceed ``chunk_bytes``,
+  so only one chunk's scores are alive at a time, in both passes.
 """
 
 from typing import Any, Optional, Tuple
@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from backbones.crossformer import lean
 from backbones.crossformer.grouping import relative_offsets
 from backbones.crossformer.layers import LayerNorm
 
@@ -74,38 +75,17 @@ class DynamicPosBias(nn.Module):
 
 def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, bias: jnp.ndarray,
            key_bias: Optional[jnp.ndarray], softmax_dtype: Dtype) -> jnp.ndarray:
-  """Softmax attention of ``(B, G, N, H, D)`` queries (already scaled), keys and values.
+  """The plain formula of :func:`lean.attention` (the reference its backward pass is tested against).
 
-  ``bias`` ``(H, N, N)`` is added to every group's scores, ``key_bias`` ``(G, N)`` (or None) to every
-  query's scores of that group; the softmax runs in ``softmax_dtype``. Returns ``(B, G, N, H, D)``.
+  Softmax attention of ``(B, G, N, H, D)`` queries (already scaled), keys and values; ``bias``
+  ``(H, N, N)`` is added to every group's scores, ``key_bias`` ``(G, N)`` (or None) to every query's
+  scores of that group; the softmax runs in ``softmax_dtype``. Returns ``(B, G, N, H, D)``.
   """
   scores = jnp.einsum("bgqhd,bgkhd->bghqk", q, k).astype(softmax_dtype) + bias
   if key_bias is not None:
     scores = scores + key_bias[None, :, None, None, :]
   weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   return jnp.einsum("bghqk,bgkhd->bgqhd", weights, v)
-
-
-def chunked_attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, bias: jnp.ndarray,
-                   key_bias: Optional[jnp.ndarray], softmax_dtype: Dtype,
-                   groups_per_chunk: int) -> jnp.ndarray:
-  """:func:`attend` over chunks of ``groups_per_chunk`` groups (``lax.map``), each rematerialised.
-
-  The result equals :func:`attend`'s; the backward pass recomputes one chunk's scores at a time instead
-  of keeping all of them. ``groups_per_chunk`` must divide the number of groups.
-  """
-  b, g, n, h, d = q.shape
-  c = groups_per_chunk
-  if g % c:
-    raise ValueError(f"groups_per_chunk {c} must divide the number of groups {g}")
-
-  def split(x):  # (B, G, ...) -> (G/c, B, c, ...)
-    return jnp.moveaxis(x.reshape((b, g // c, c) + x.shape[2:]), 1, 0)
-
-  kb = None if key_bias is None else key_bias.reshape(g // c, c, n)
-  core = jax.checkpoint(lambda q, k, v, kb: attend(q, k, v, bias, kb, softmax_dtype))
-  out = jax.lax.map(lambda xs: core(*xs), (split(q), split(k), split(v), kb))
-  return jnp.moveaxis(out, 0, 1).reshape(b, g, n, h, d)
 
 
 def groups_per_chunk(batch: int, groups: int, heads: int, tokens: int, chunk_bytes: Optional[int]) -> int:
@@ -124,7 +104,7 @@ class GroupAttention(nn.Module):
   """Multi-head self-attention inside groups, plus DPB and the key-padding bias.
 
   Input ``(B, nG, N, C)`` grouped tokens; output the same shape after the output projection.
-  ``chunk_bytes``: score bytes above which groups are processed in rematerialised chunks (None: never).
+  ``chunk_bytes``: score bytes above which groups are processed in chunks (None: never).
   """
   num_heads: int
   qkv_bias: bool = True
@@ -155,8 +135,6 @@ class GroupAttention(nn.Module):
       weights = nn.Dropout(self.attn_drop, deterministic=False)(
           jax.nn.softmax(scores, axis=-1).astype(self.dtype))
       out = jnp.einsum("bghqk,bgkhd->bgqhd", weights, v)
-    elif chunk < ng:
-      out = chunked_attend(q * scale, k, v, bias, key_bias, softmax_dtype, chunk)
     else:
-      out = attend(q * scale, k, v, bias, key_bias, softmax_dtype)
+      out = lean.attention(q * scale, k, v, bias, key_bias, softmax_dtype, chunk)
     return nn.Dense(c, dtype=self.dtype, name="proj")(out.reshape(b, ng, n, c))

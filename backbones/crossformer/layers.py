@@ -1,15 +1,30 @@
 """Building blocks of CrossFormer: cross-scale embeddings, the MLP and stochastic depth."""
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from backbones.crossformer import lean
+
 Dtype = Any
-# nn.LayerNorm in PyTorch defaults to eps 1e-5 (Flax: 1e-6).
-LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-5)
+
+
+class LayerNorm(nn.Module):
+  """``nn.LayerNorm`` over the last axis (same parameters, same numbers) with PyTorch's default eps 1e-5
+  (Flax: 1e-6), run as :func:`lean.layer_norm`, which does not keep its output for the backward pass."""
+  epsilon: float = 1e-5
+  dtype: Optional[Dtype] = None
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    features = (x.shape[-1],)
+    scale = self.param("scale", nn.initializers.ones_init(), features)
+    bias = self.param("bias", nn.initializers.zeros_init(), features)
+    dtype = self.dtype or jnp.result_type(x, scale)
+    return lean.layer_norm(x, scale, bias, self.epsilon, dtype)
 # PyTorch nn.GELU() is the exact erf form (Flax defaults to the tanh approximation).
 gelu = functools.partial(nn.gelu, approximate=False)
 
@@ -60,8 +75,22 @@ class CrossScaleEmbedding(nn.Module):
     return x
 
 
+class DenseParams(nn.Module):
+  """The parameters of an ``nn.Dense`` (``kernel`` ``(in, out)``, ``bias``; same initialisers), unapplied."""
+  features: int
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    kernel = self.param("kernel", nn.linear.default_kernel_init, (in_features, self.features))
+    return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,))
+
+
 class Mlp(nn.Module):
-  """fc1 -> exact GELU -> fc2 (dropout only in training, rate ``drop``)."""
+  """fc1 -> exact GELU -> fc2 (dropout only in training, rate ``drop``).
+
+  Without dropout it runs as :func:`lean.gelu_mlp`, which keeps only the input and the pre-activation
+  for the backward pass; the parameters are those of two ``nn.Dense`` either way.
+  """
   hidden_dim: int
   drop: float = 0.0
   dtype: Dtype = jnp.float32
@@ -69,10 +98,14 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     out_dim = x.shape[-1]
-    x = gelu(nn.Dense(self.hidden_dim, dtype=self.dtype, name="fc1")(x))
-    x = nn.Dropout(self.drop, deterministic=not train)(x)
-    x = nn.Dense(out_dim, dtype=self.dtype, name="fc2")(x)
-    return nn.Dropout(self.drop, deterministic=not train)(x)
+    w1, b1 = DenseParams(self.hidden_dim, name="fc1")(x.shape[-1])
+    w2, b2 = DenseParams(out_dim, name="fc2")(self.hidden_dim)
+    x, w1, b1, w2, b2 = nn.dtypes.promote_dtype(x, w1, b1, w2, b2, dtype=self.dtype)
+    if not (train and self.drop > 0.0):
+      return lean.gelu_mlp(x, w1, b1, w2, b2)
+    x = gelu(jnp.dot(x, w1) + b1)
+    x = nn.Dropout(self.drop, deterministic=False)(x)
+    return nn.Dropout(self.drop, deterministic=False)(jnp.dot(x, w2) + b2)
 
 
 class DropPath(nn.Module):

@@ -1,0 +1,217 @@
+"""Hand-written backward passes that keep only what they need: group attention, the GELU MLP and
+LayerNorm.
+
+The forward values are those of the plain formulas (same operations, same order), so parity with the
+official code is untouched; only what is saved for the backward pass, and how the backward pass is
+computed, change:
+
+* :func:`attention` saves ``q, k, v``, the output and one log-sum-exp per query (no ``(N, N)`` matrix).
+  The backward pass recomputes the probabilities and uses ``dS = P * (dP - rowsum(dO * O))``; groups
+  are processed ``chunk`` at a time in both passes, so long groups (v1 LDA: 1050 tokens at 800x1344)
+  never hold every group's scores at once.
+* :func:`gelu_mlp` (``fc2(gelu(fc1(x)))``) saves ``x`` and the pre-activation; the activation and its
+  derivative are recomputed in the backward pass.
+* :func:`layer_norm` saves its input and one mean and inverse deviation per token, not its output.
+
+Each backward pass makes the residuals it recomputes from depend on the incoming cotangent (it adds
+zero times one element of it), so XLA cannot hoist the recomputation into the forward pass, where its
+results would stay alive as long as saved values. ``jax.lax.optimization_barrier`` does not do this on
+CPU: XLA's CPU pipeline removes the barriers and its scheduler then hoists (which is also why plain
+``jax.checkpoint`` saves no memory there).
+"""
+
+import functools
+from typing import Any, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+
+def _after(cotangent: jnp.ndarray, *residuals: jnp.ndarray):
+  """``residuals`` plus zero times one element of ``cotangent``: the same values, computable only after it.
+
+  XLA does not fold ``x * 0`` for floats (NaN semantics), so the dependency survives optimisation; the
+  add fuses into the first consumer.
+  """
+  zero = cotangent.reshape(-1)[0] * 0
+  return tuple(r + zero.astype(r.dtype) for r in residuals)
+
+
+def _chunks(x: jnp.ndarray, chunk: int) -> jnp.ndarray:
+  """``(B, G, ...) -> (G/chunk, B, chunk, ...)``."""
+  b, g = x.shape[:2]
+  return jnp.moveaxis(x.reshape((b, g // chunk, chunk) + x.shape[2:]), 1, 0)
+
+
+def _unchunk(x: jnp.ndarray) -> jnp.ndarray:
+  """Inverse of :func:`_chunks`."""
+  x = jnp.moveaxis(x, 0, 1)
+  return x.reshape((x.shape[0], x.shape[1] * x.shape[2]) + x.shape[3:])
+
+
+def _scores(q, k, bias, key_bias, softmax_dtype):
+  """``(B, g, N, H, D)`` queries and keys -> ``(B, g, H, N, N)`` biased scores in ``softmax_dtype``."""
+  s = jnp.einsum("bgqhd,bgkhd->bghqk", q, k).astype(softmax_dtype) + bias
+  if key_bias is not None:
+    s = s + key_bias[None, :, None, None, :]
+  return s
+
+
+def _forward_chunk(q, k, v, bias, key_bias, softmax_dtype):
+  """One chunk's output ``(B, g, N, H, D)`` and log-sum-exp ``(B, g, H, N)``; softmax as jax.nn.softmax."""
+  s = _scores(q, k, bias, key_bias, softmax_dtype)
+  m = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
+  e = jnp.exp(s - m)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  out = jnp.einsum("bghqk,bgkhd->bgqhd", (e / total).astype(v.dtype), v)
+  return out, (m + jnp.log(total))[..., 0]
+
+
+def _map_chunks(fn, chunk: int, *xs):
+  """``fn`` over chunks of ``chunk`` groups (``lax.map``); ``None`` inputs pass through as ``None``."""
+  g = next(x for x in xs if x is not None).shape[1]
+  if chunk >= g:
+    return fn(*xs)
+  split = [None if x is None else _chunks(x, chunk) for x in xs]
+  return jax.tree.map(_unchunk, jax.lax.map(lambda s: fn(*s), split))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, bias: jnp.ndarray,
+              key_bias: Optional[jnp.ndarray], softmax_dtype: Dtype, chunk: int) -> jnp.ndarray:
+  """Softmax attention of ``(B, G, N, H, D)`` queries (already scaled), keys and values.
+
+  ``bias`` ``(H, N, N)`` is added to every group's scores and ``key_bias`` ``(G, N)`` (or None; it gets
+  no gradient) to every query's scores of its group; the softmax runs in ``softmax_dtype``. Groups are
+  processed ``chunk`` at a time (``chunk`` must divide ``G``). Returns ``(B, G, N, H, D)``.
+  """
+  return _attention_fwd(q, k, v, bias, key_bias, softmax_dtype, chunk)[0]
+
+
+def _attention_fwd(q, k, v, bias, key_bias, softmax_dtype, chunk):
+  if q.shape[1] % chunk:
+    raise ValueError(f"chunk {chunk} must divide the number of groups {q.shape[1]}")
+  kb = None if key_bias is None else key_bias[None]  # (1, G, N): chunked along G with the others
+  fn = lambda q, k, v, kb: _forward_chunk(q, k, v, bias, None if kb is None else kb[0], softmax_dtype)
+  out, lse = _map_chunks(fn, chunk, q, k, v, kb)
+  return out, (q, k, v, bias, key_bias, out, lse)
+
+
+def _attention_bwd(softmax_dtype, chunk, residuals, d_out):
+  q, k, v, bias, key_bias, out, lse = residuals
+  q, k = _after(d_out, q, k)
+  # rowsum(dP * P) = rowsum(dO * O): one value per query and head, from (N, D) arrays.
+  delta = jnp.sum(d_out.astype(softmax_dtype) * out.astype(softmax_dtype), axis=-1)  # (B, G, N, H)
+  delta = jnp.moveaxis(delta, 2, 3)                                                     # (B, G, H, N)
+
+  def chunk_grads(q, k, v, kb, lse, delta, d_out):
+    s = _scores(q, k, bias, None if kb is None else kb[0], softmax_dtype)
+    p = jnp.exp(s - lse[..., None])
+    dv = jnp.einsum("bghqk,bgqhd->bgkhd", p.astype(v.dtype), d_out)
+    dp = jnp.einsum("bgqhd,bgkhd->bghqk", d_out, v).astype(softmax_dtype)
+    ds = p * (dp - delta[..., None])
+    d_bias = jnp.sum(ds, axis=(0, 1)).astype(bias.dtype)
+    ds = ds.astype(q.dtype)
+    dq = jnp.einsum("bghqk,bgkhd->bgqhd", ds, k)
+    dk = jnp.einsum("bghqk,bgqhd->bgkhd", ds, q)
+    return dq, dk, dv, d_bias
+
+  kb = None if key_bias is None else key_bias[None]
+  args = (q, k, v, kb, lse, delta, d_out)
+  if chunk >= q.shape[1]:
+    dq, dk, dv, d_bias = chunk_grads(*args)
+  else:
+    def step(acc, xs):
+      dq, dk, dv, d_bias = chunk_grads(*xs)
+      return acc + d_bias, (dq, dk, dv)
+    split = [None if x is None else _chunks(x, chunk) for x in args]
+    d_bias, grads = jax.lax.scan(step, jnp.zeros_like(bias), split)
+    dq, dk, dv = (_unchunk(g) for g in grads)
+  d_key_bias = None if key_bias is None else jnp.zeros_like(key_bias)
+  return dq, dk, dv, d_bias, d_key_bias
+
+
+attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def _gelu_and_grad(h: jnp.ndarray) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """Exact GELU ``h * Phi(h)`` and its derivative ``Phi(h) + h * phi(h)``."""
+  sqrt_half = np.sqrt(0.5).astype(h.dtype)
+  cdf = 0.5 * jax.lax.erfc(-h * sqrt_half)
+  pdf = jnp.exp(-0.5 * h * h) * np.asarray(1.0 / np.sqrt(2.0 * np.pi), h.dtype)
+  return h * cdf, cdf + h * pdf
+
+
+def _dense(x, w, b):
+  return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ()))) + b
+
+
+@jax.custom_vjp
+def gelu_mlp(x: jnp.ndarray, w1: jnp.ndarray, b1: jnp.ndarray, w2: jnp.ndarray,
+             b2: jnp.ndarray) -> jnp.ndarray:
+  """``fc2(gelu(fc1(x)))`` with the exact GELU, on ``(..., C)`` tokens; saves ``x`` and ``fc1(x)``."""
+  return _gelu_mlp_fwd(x, w1, b1, w2, b2)[0]
+
+
+def _gelu_mlp_fwd(x, w1, b1, w2, b2):
+  h = _dense(x, w1, b1)
+  return _dense(jax.nn.gelu(h, approximate=False), w2, b2), (x, h, w1, w2)
+
+
+def _gelu_mlp_bwd(residuals, d_y):
+  x, h, w1, w2 = residuals
+  h, = _after(d_y, h)
+  a, da_dh = _gelu_and_grad(h)
+  batch_axes = tuple(range(x.ndim - 1))
+  flat = lambda t: t.reshape(-1, t.shape[-1])
+  d_w2 = jnp.dot(flat(a).T, flat(d_y)).astype(w2.dtype)
+  d_b2 = jnp.sum(d_y, axis=batch_axes)
+  d_h = jnp.dot(d_y, w2.T) * da_dh
+  d_w1 = jnp.dot(flat(x).T, flat(d_h)).astype(w1.dtype)
+  d_b1 = jnp.sum(d_h, axis=batch_axes)
+  return jnp.dot(d_h, w1.T).astype(x.dtype), d_w1, d_b1, d_w2, d_b2
+
+
+gelu_mlp.defvjp(_gelu_mlp_fwd, _gelu_mlp_bwd)
+
+
+def _ln_stats(x: jnp.ndarray, eps: float):
+  """Flax's LayerNorm statistics: mean and ``rsqrt(max(0, E[x^2] - E[x]^2) + eps)``, in >= float32."""
+  xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  mean = jnp.mean(xf, axis=-1, keepdims=True)
+  var = jnp.maximum(0.0, jnp.mean(xf * xf, axis=-1, keepdims=True) - mean * mean)
+  return mean, jax.lax.rsqrt(var + eps)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def layer_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray, eps: float,
+               dtype: Dtype) -> jnp.ndarray:
+  """LayerNorm over the last axis, computed exactly as ``flax.linen.LayerNorm``, output in ``dtype``."""
+  return _layer_norm_fwd(x, scale, bias, eps, dtype)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps, dtype):
+  mean, rstd = _ln_stats(x, eps)
+  y = ((x - mean) * (rstd * scale) + bias).astype(dtype)
+  return y, (x, mean, rstd, scale)
+
+
+def _layer_norm_bwd(eps, dtype, residuals, d_y):
+  del eps, dtype
+  x, mean, rstd, scale = residuals
+  x, = _after(d_y, x)
+  x_hat = (x - mean) * rstd
+  d_y = d_y.astype(x_hat.dtype)
+  batch_axes = tuple(range(x.ndim - 1))
+  d_scale = jnp.sum(d_y * x_hat, axis=batch_axes).astype(scale.dtype)
+  d_bias = jnp.sum(d_y, axis=batch_axes).astype(scale.dtype)
+  d_hat = d_y * scale
+  d_x = rstd * (d_hat - jnp.mean(d_hat, axis=-1, keepdims=True)
+                - x_hat * jnp.mean(d_hat * x_hat, axis=-1, keepdims=True))
+  return d_x.astype(x.dtype), d_scale, d_bias
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
