@@ -96,14 +96,14 @@ def test_lean_backward_passes_are_exact_in_float64():
 
 
 def test_lean_backward_keeps_no_score_matrix():
-  """The attention keeps q, k, v, the output, the log-sum-exp and the inputs: no per-group N^2 scores."""
+  """The attention keeps q, k, v, the log-sum-exp and the biases: no per-group N^2 scores, not the output."""
   plan = grouping.plan_groups(32, 32, 8, 4, True)  # 16 groups of 64 tokens
   q, k, v, bias, key_bias = _plan_inputs(plan)
   _, residuals = lean._attention_fwd(q, k, v, bias, key_bias, jnp.float32, 2)  # pylint: disable=protected-access
   assert plan.group_tokens == 64 and q.shape[-1] < plan.group_tokens
   sizes = sorted(np.size(r) for r in jax.tree.leaves(residuals))
-  assert sizes[-1] == q.size and sizes[-2] == q.size  # q, k, v, out: (B, G, N, H, D) each
-  assert sum(sizes) == 4 * q.size + bias.size + q.size // q.shape[-1]  # + lse (B, G, H, N)
+  assert sizes[-1] == q.size and sizes[-2] == q.size  # q, k, v: (B, G, N, H, D) each
+  assert sum(sizes) == 3 * q.size + bias.size + q.size // q.shape[-1]  # + lse (B, G, H, N)
 
 
 def test_group_attention_module_chunks_only_above_the_threshold():
