@@ -13,7 +13,8 @@ Official: float32, ``torch.set_num_threads(--threads)``; it is skipped when ``--
 ``$CROSSFORMER_OFFICIAL`` or torch is missing. Ours: jitted, compilation timed apart and excluded.
 Memory: the process's peak RSS during the timed steps (``VmHWM`` after resetting it via
 ``/proc/self/clear_refs`` once warm; includes the runtime, ~0.3 GB for each side) and, for ours, XLA's
-``compile().memory_analysis()`` (temporaries + arguments + outputs).
+``compile().memory_analysis()`` (temporaries + arguments + outputs). Ours hands the compiler's freed heap
+back once warm (``projects.common.host_memory``), as the trainer does after every new compilation.
 """
 
 import argparse
@@ -75,6 +76,7 @@ def _ours_backbone(kind: str, h: int, w: int, batch: int, steps: int, remat: Any
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from backbones import create_model  # pylint: disable=g-import-not-at-top
+  from projects.common import host_memory  # pylint: disable=g-import-not-at-top
   model = create_model("crossformer_s", drop_path_rate=0.2, lda_mode="v1", remat=remat)
   params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]
   x = jax.random.normal(jax.random.PRNGKey(1), (batch, h, w, 3))
@@ -92,6 +94,7 @@ def _ours_backbone(kind: str, h: int, w: int, batch: int, steps: int, remat: Any
   mem = compiled.memory_analysis()
   run = lambda: jax.block_until_ready(compiled(*args))
   run()
+  host_memory.release_free_heap()  # as the trainer does once a step has compiled
   _reset_peak_rss()
   return {**_time(run, steps), "compile_s": compile_s, "peak_rss_gib": _peak_rss_gib(),
           "xla_gib": _xla_gib(mem)}
@@ -106,7 +109,7 @@ def _xla_gib(mem) -> Optional[float]:
 def _ours_task(kind: str, h: int, w: int, batch: int, steps: int, remat: Any) -> Dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from projects.common import config_utils, optim, sharding, trainer  # pylint: disable=g-import-not-at-top
+  from projects.common import config_utils, host_memory, optim, sharding, trainer  # pylint: disable=g-import-not-at-top
   if kind == "upernet_train":
     from projects.segmentation.model import SegmentationModel  # pylint: disable=g-import-not-at-top
     config = config_utils.load_config(os.path.join(REPO, "configs", "upernet_crossformer_s_ade20k.py"))
@@ -118,20 +121,19 @@ def _ours_task(kind: str, h: int, w: int, batch: int, steps: int, remat: Any) ->
   else:
     from benchmarks.detection_speed import NUM_CLASSES, random_batch  # pylint: disable=g-import-not-at-top
     from projects.detection.model import RetinaNetModel  # pylint: disable=g-import-not-at-top
-    config = config_utils.load_config(os.path.join(REPO, "configs", "retinanet_crossformer_s_coco.py"),
-                                      {"num_epochs": 0, "num_training_steps": 1000})
+    config = config_utils.load_config(os.path.join(REPO, "configs", "retinanet_crossformer_s_coco.py"))
     model_cls, meta, host = RetinaNetModel, {"num_classes": NUM_CLASSES}, random_batch(batch, h, w)
   with config.unlocked():
     config.init_input_shape = (1, 256, 256, 3)
     config.batch_size = batch
-    config.model.backbone.checkpoint = None
+    config.init_from.checkpoint_path = None
     if remat:
       config.model.backbone.remat = remat
   mesh = sharding.create_mesh(jax.devices()[:1])
   model = model_cls(config, meta)
-  schedule = optim.create_lr_schedule(config.lr_schedule, int(config.num_training_steps))
+  schedule = optim.create_lr_schedule(config.lr_configs, 1000)
   tx = optim.create_optimizer(config, schedule)
-  state = trainer.initialize_state(model, config, None, tx, mesh)
+  state = trainer.initialize_state(model, config, None, tx, mesh, load_pretrained=False)
   data = sharding.shard_batch(host, mesh)
   replicated, batch_spec = sharding.replicated_sharding(mesh), sharding.batch_sharding(mesh)
   step_fn = jax.jit(trainer.make_train_step(model, tx, schedule, trainer.compute_dtype(config)),
@@ -147,6 +149,7 @@ def _ours_task(kind: str, h: int, w: int, batch: int, steps: int, remat: Any) ->
     jax.block_until_ready(metrics)
 
   run()
+  host_memory.release_free_heap()  # as the trainer does once a step has compiled
   _reset_peak_rss()
   return {**_time(run, steps), "compile_s": compile_s, "peak_rss_gib": _peak_rss_gib(),
           "xla_gib": _xla_gib(compiled.memory_analysis())}

@@ -45,6 +45,7 @@ from backbones import preprocess
 from projects.common import checkpoint as checkpoint_lib
 from projects.common import evaluation
 from projects.common import guards
+from projects.common import host_memory
 from projects.common import optim
 from projects.common import pretrained
 from projects.common import progress as progress_lib
@@ -358,6 +359,7 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
 
   train_summary: Dict[str, float] = {}
   eval_summary: Dict[str, Any] = {}
+  release_after_compile = host_memory.ReleaseAfterCompile(train_step, eval_step)
   accumulator = evaluation.MetricsAccumulator()
   finite_guard = guards.NonFiniteGuard()
   batches = sharding.prefetch_to_mesh(dataset.train_iter_fn(start_step), mesh,
@@ -373,6 +375,7 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
       except StopIteration:
         raise ValueError(f"the training iterator ended before step {step} of {num_steps}") from None
       state, metrics = train_step(state, batch)
+      release_after_compile()  # a new shape compiled: hand the compiler's freed heap back
       completed.dispatched(step, metrics)  # the bar counts finished steps (metrics are not donated)
       accumulator.add(metrics)
       finite_guard.add(step, metrics)
@@ -406,6 +409,7 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
         progress.update(completed.wait_all())
         _check_finite(finite_guard, checkpointer)
         eval_summary = evaluate(step)
+        release_after_compile()
         interval_start, interval_examples = time.time(), 0  # images/s counts training time only
     if start_step >= num_steps and not eval_summary:
       eval_summary = evaluate(num_steps)
