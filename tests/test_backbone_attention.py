@@ -145,3 +145,20 @@ def test_remat_policies_give_the_same_outputs_and_gradients():
   assert remat_block(CrossFormerBlock, False) is CrossFormerBlock
   with pytest.raises(ValueError, match="remat must be"):
     remat_block(CrossFormerBlock, "everything")
+
+
+def test_lean_gradients_in_bfloat16_follow_float32():
+  """bfloat16 compute through the hand-written backward passes: float32 parameter gradients near float32's."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 64, 64, 3))
+  small = dict(TINY, depths=(2, 1, 1, 1))
+  grads = {}
+  for dtype in (jnp.float32, jnp.bfloat16):
+    model = create_model("crossformer_t", dtype=dtype, **small)
+    params = jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]
+    loss = lambda p, m=model: sum(jnp.mean(f.astype(jnp.float32) ** 2) for f in m.apply({"params": p}, x).values())
+    grads[dtype] = jax.jit(jax.grad(loss))(params)
+  for path, g16 in jax.tree_util.tree_leaves_with_path(grads[jnp.bfloat16]):
+    g32 = dict(jax.tree_util.tree_leaves_with_path(grads[jnp.float32]))[path]
+    assert g16.dtype == jnp.float32 and np.all(np.isfinite(g16)), path
+    scale = float(np.max(np.abs(g32))) + 1e-6
+    np.testing.assert_allclose(g16 / scale, g32 / scale, atol=0.1, err_msg=str(path))
