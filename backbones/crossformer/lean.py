@@ -8,7 +8,7 @@ computed, change:
 * :func:`attention` saves ``q, k, v`` and one log-sum-exp per query (no ``(N, N)`` matrix, and not the
   output, which the projection after it keeps). The backward pass recomputes the probabilities; groups
   are processed ``chunk`` at a time in both passes, so long groups (v1 LDA: 1050 tokens at 800x1344)
-  never hold every group's scores at once.
+  never hold every group's scores at once. Its matmuls run heads-first (see :func:`_heads_first`).
 * :func:`gelu_mlp` (``fc2(gelu(fc1(x)))``) saves ``x`` and the pre-activation; the activation and its
   derivative are recomputed in the backward pass.
 * :func:`layer_norm` saves its input and one mean and inverse deviation per token, not its output.
