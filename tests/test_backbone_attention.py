@@ -150,11 +150,11 @@ def test_remat_policies_give_the_same_outputs_and_gradients():
 def test_lean_gradients_in_bfloat16_follow_float32():
   """bfloat16 compute through the hand-written backward passes: float32 parameter gradients near float32's."""
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 64, 64, 3))
-  small = dict(TINY, depths=(2, 1, 1, 1))
+  small = dict(TINY, depths=(2, 1, 1, 1), out_indices=(0, 1))  # an SDA and an LDA block, then one more
   grads = {}
-  for dtype in (jnp.float32, jnp.bfloat16):
+  params = jax.jit(create_model("crossformer_t", **small).init)(jax.random.PRNGKey(1), x)["params"]
+  for dtype in (jnp.float32, jnp.bfloat16):  # float32 parameters either way; bfloat16 compute
     model = create_model("crossformer_t", dtype=dtype, **small)
-    params = jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]
     loss = lambda p, m=model: sum(jnp.mean(f.astype(jnp.float32) ** 2) for f in m.apply({"params": p}, x).values())
     grads[dtype] = jax.jit(jax.grad(loss))(params)
   for path, g16 in jax.tree_util.tree_leaves_with_path(grads[jnp.bfloat16]):
