@@ -109,9 +109,7 @@ def main(argv: Sequence[str] = None) -> None:
   rows.append(("inference", compile_s, time_calls(lambda: infer(variables, batch), args.steps)))
 
   if not args.skip_train:
-    step_fn = jax.jit(trainer.make_train_step(model, tx, schedule, dtype),
-                      in_shardings=(replicated, batch_spec), out_shardings=(replicated, replicated),
-                      donate_argnums=(0,))
+    step_fn = trainer.jit_train_step(model, tx, schedule, dtype, mesh)
     start = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
     compile_s = time.perf_counter() - start

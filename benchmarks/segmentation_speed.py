@@ -60,10 +60,7 @@ def benchmark_train_step(config, batch_size: int, size: int, steps: int, warmup:
                 "label": rng.integers(-1, num_classes, size=(batch_size, size, size)).astype(np.int32),
                 "batch_mask": np.ones((batch_size,), np.float32)}
   batch = sharding.shard_batch(host_batch, mesh)
-  replicated, batch_spec = sharding.replicated_sharding(mesh), sharding.batch_sharding(mesh)
-  step_fn = jax.jit(trainer.make_train_step(model, tx, schedule, trainer.compute_dtype(config)),
-                    in_shardings=(replicated, batch_spec), out_shardings=(replicated, replicated),
-                    donate_argnums=(0,))
+  step_fn = trainer.jit_train_step(model, tx, schedule, trainer.compute_dtype(config), mesh)
   start = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
   compile_s = time.perf_counter() - start

@@ -143,10 +143,7 @@ def _ours_task(kind: str, h: int, w: int, batch: int, steps: int, remat: Any) ->
   tx = optim.create_optimizer(config, schedule)
   state = trainer.initialize_state(model, config, None, tx, mesh, load_pretrained=False)
   data = sharding.shard_batch(host, mesh)
-  replicated, batch_spec = sharding.replicated_sharding(mesh), sharding.batch_sharding(mesh)
-  step_fn = jax.jit(trainer.make_train_step(model, tx, schedule, trainer.compute_dtype(config)),
-                    in_shardings=(replicated, batch_spec), out_shardings=(replicated, replicated),
-                    donate_argnums=(0,))
+  step_fn = trainer.jit_train_step(model, tx, schedule, trainer.compute_dtype(config), mesh)
   start = time.perf_counter()
   compiled = step_fn.lower(state, data).compile()
   compile_s = time.perf_counter() - start

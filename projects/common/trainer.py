@@ -152,6 +152,16 @@ def make_train_step(model: BaseModel, tx, schedule: optim.Schedule, dtype: jnp.d
   return train_step
 
 
+def jit_train_step(model: BaseModel, tx, schedule: optim.Schedule, dtype: jnp.dtype,
+                   mesh: jax.sharding.Mesh, **kwargs) -> Callable[..., Any]:
+  """:func:`make_train_step` jitted over ``mesh``: state replicated and donated, batch sharded on its
+  leading axis (``kwargs`` go to :func:`make_train_step`). The trainer's step; the benchmarks time it."""
+  replicated = sharding.replicated_sharding(mesh)
+  return jax.jit(make_train_step(model, tx, schedule, dtype, **kwargs),
+                 in_shardings=(replicated, sharding.batch_sharding(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
 def make_eval_step(model: BaseModel, dtype: jnp.dtype,
                    evaluator: Optional[evaluation.Evaluator] = None) -> Callable[..., Any]:
   """Returns the (un-jitted) ``eval_step(state, batch) -> (metrics, evaluator.process_fn(...))``."""
@@ -328,11 +338,9 @@ def train_and_evaluate(model: BaseModel, dataset: Any, config: ml_collections.Co
   ema_decay = float(config.get("ema_decay", 0.0) or 0.0)
   if not 0.0 <= ema_decay < 1.0:
     raise ValueError(f"config.ema_decay must be in [0, 1) (0 = no EMA), got {ema_decay}")
-  train_step = jax.jit(make_train_step(model, tx, schedule, dtype,
-                                       tuple(config.get("rng_names", ("dropout",))),
-                                       ema_decay=ema_decay, ema_warmup=bool(config.get("ema_warmup", True))),
-                       in_shardings=(replicated, batch_spec), out_shardings=(replicated, replicated),
-                       donate_argnums=(0,))
+  train_step = jit_train_step(model, tx, schedule, dtype, mesh,
+                              rng_names=tuple(config.get("rng_names", ("dropout",))),
+                              ema_decay=ema_decay, ema_warmup=bool(config.get("ema_warmup", True)))
   eval_step = jax.jit(make_eval_step(model, dtype, evaluator), in_shardings=(replicated, batch_spec))
 
   def evaluate(step: int) -> Dict[str, Any]:
