@@ -162,3 +162,16 @@ def test_lean_gradients_in_bfloat16_follow_float32():
     assert g16.dtype == jnp.float32 and np.all(np.isfinite(g16)), path
     scale = float(np.max(np.abs(g32))) + 1e-6
     np.testing.assert_allclose(g16 / scale, g32 / scale, atol=0.1, err_msg=str(path))
+
+
+def test_attention_dropout_takes_the_plain_path():
+  """With attention dropout in training the weights are dropped (outputs vary with the key); else lean."""
+  plan = grouping.plan_groups(10, 13, 4, 2, True)
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, plan.num_groups, plan.group_tokens, 16))
+  kb = grouping.key_padding_bias(plan)
+  module = attention.GroupAttention(2, attn_drop=0.5)
+  variables = module.init(jax.random.PRNGKey(1), x, plan.group_hw, kb)
+  run = lambda seed: module.apply(variables, x, plan.group_hw, kb, True, rngs={"dropout": jax.random.PRNGKey(seed)})
+  assert not np.allclose(run(2), run(3))
+  np.testing.assert_allclose(module.apply(variables, x, plan.group_hw, kb),
+                             attention.GroupAttention(2).apply(variables, x, plan.group_hw, kb), rtol=1e-6)

@@ -11,7 +11,7 @@ Two costs of a naive implementation are avoided, without changing any number of 
   so only one chunk's scores are alive at a time, in both passes.
 """
 
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -74,17 +74,22 @@ class DynamicPosBias(nn.Module):
 
 
 def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, bias: jnp.ndarray,
-           key_bias: Optional[jnp.ndarray], softmax_dtype: Dtype) -> jnp.ndarray:
-  """The plain formula of :func:`lean.attention` (the reference its backward pass is tested against).
+           key_bias: Optional[jnp.ndarray], softmax_dtype: Dtype,
+           weights_fn: Optional[Callable[[jnp.ndarray], jnp.ndarray]] = None) -> jnp.ndarray:
+  """The plain formula of :func:`lean.attention` (the reference its backward pass is tested against, and
+  the path of attention dropout, which needs the weights).
 
   Softmax attention of ``(B, G, N, H, D)`` queries (already scaled), keys and values; ``bias``
   ``(H, N, N)`` is added to every group's scores, ``key_bias`` ``(G, N)`` (or None) to every query's
-  scores of that group; the softmax runs in ``softmax_dtype``. Returns ``(B, G, N, H, D)``.
+  scores of that group; the softmax runs in ``softmax_dtype``; ``weights_fn`` (e.g. dropout) is applied
+  to the weights. Returns ``(B, G, N, H, D)``.
   """
   scores = jnp.einsum("bgqhd,bgkhd->bghqk", q, k).astype(softmax_dtype) + bias
   if key_bias is not None:
     scores = scores + key_bias[None, :, None, None, :]
   weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  if weights_fn is not None:
+    weights = weights_fn(weights)
   return jnp.einsum("bghqk,bgkhd->bgqhd", weights, v)
 
 
@@ -126,15 +131,10 @@ class GroupAttention(nn.Module):
     softmax_dtype = jnp.promote_types(self.dtype, jnp.float32)
     bias = DynamicPosBias(self.num_heads, c // 16, name="pos")(group_hw)
     key_bias = None if key_bias is None else jnp.asarray(key_bias)
-    dropout = train and self.attn_drop > 0.0
-    chunk = groups_per_chunk(b, ng, self.num_heads, n, None if dropout else self.chunk_bytes)
-    if dropout:  # attention dropout needs the weights: the plain path (official default rate is 0)
-      scores = jnp.einsum("bgqhd,bgkhd->bghqk", q * scale, k).astype(softmax_dtype) + bias
-      if key_bias is not None:
-        scores = scores + key_bias[None, :, None, None, :]
-      weights = nn.Dropout(self.attn_drop, deterministic=False)(
-          jax.nn.softmax(scores, axis=-1).astype(self.dtype))
-      out = jnp.einsum("bghqk,bgkhd->bgqhd", weights, v)
+    if train and self.attn_drop > 0.0:  # dropout needs the weights: the plain path (official rate is 0)
+      out = attend(q * scale, k, v, bias, key_bias, softmax_dtype,
+                   weights_fn=nn.Dropout(self.attn_drop, deterministic=False))
     else:
+      chunk = groups_per_chunk(b, ng, self.num_heads, n, self.chunk_bytes)
       out = lean.attention(q * scale, k, v, bias, key_bias, softmax_dtype, chunk)
     return nn.Dense(c, dtype=self.dtype, name="proj")(out.reshape(b, ng, n, c))
