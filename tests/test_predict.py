@@ -230,6 +230,15 @@ def test_evaluate_command_scores_every_original_pixel(seg_workdir, tmp_path):
   assert json.load(open(tmp_path / "eval" / "eval_results.json"))["mIoU"] == pytest.approx(results["mIoU"])
 
 
+def test_evaluate_commands_refuse_the_other_tasks_model(seg_workdir, det_workdir):
+  from projects.detection import evaluate as det_evaluate  # pylint: disable=g-import-not-at-top
+  from projects.segmentation import evaluate as seg_evaluate  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit, match="not a detection model; use projects.segmentation.evaluate"):
+    det_evaluate.main(["--checkpoint", str(seg_workdir[0])])
+  with pytest.raises(SystemExit, match="not a segmentation model; use projects.detection.evaluate"):
+    seg_evaluate.main(["--checkpoint", str(det_workdir)])
+
+
 @pytest.fixture(scope="module")
 def det_workdir(tmp_path_factory):
   config = config_utils.load_config(str(REPO / "configs" / "tiny_coco.py"), {"model.test_cfg.score_thr": 0.0})

@@ -16,7 +16,7 @@ dataset's defaults.
 import json
 import os
 import pathlib
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import flax
 import jax
@@ -253,6 +253,25 @@ def restore_model(config_or_path: ConfigOrPath, checkpoint: Union[str, os.PathLi
     meta.setdefault(key, value)
   model = build_model(config, meta)
   return model, check_variables(model, variables, source_name)
+
+
+def restore_for_evaluation(args: Any, task: str, dataset_keys: Sequence[str] = ("data_dir",)
+                           ) -> Tuple[BaseModel, Dict[str, Any], ml_collections.ConfigDict]:
+  """``(model, variables, config)`` for an ``evaluate`` command's parsed ``args`` (``--config``,
+  ``--checkpoint``, ``--eval_batch_size`` and the ``dataset_keys`` options, which override
+  ``config.dataset``). Exits with a one-line message when the checkpoint is another task's model."""
+  model, variables = restore_model(args.config, args.checkpoint)
+  if task_of(model.config) != task:
+    other = "detection" if task == "segmentation" else "segmentation"
+    raise SystemExit(f"{args.checkpoint} is not a {task} model; use projects.{other}.evaluate")
+  config = ml_collections.ConfigDict(model.config)
+  with config.unlocked():
+    for key in dataset_keys:
+      if getattr(args, key):
+        config.dataset[key] = getattr(args, key)
+    if args.eval_batch_size:
+      config.eval_batch_size = args.eval_batch_size
+  return model, variables, config
 
 
 @flax.struct.dataclass

@@ -66,16 +66,7 @@ def evaluate(model: Any, variables: Any, config: ml_collections.ConfigDict, outp
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   """Runs the command; returns the results."""
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  model, variables = restore.restore_model(args.config, args.checkpoint)
-  if restore.task_of(model.config) != "detection":
-    raise SystemExit(f"{args.checkpoint} is not a detection model; use projects.segmentation.evaluate")
-  config = ml_collections.ConfigDict(model.config)
-  with config.unlocked():
-    for key in ("data_dir", "manual_dir"):
-      if getattr(args, key):
-        config.dataset[key] = getattr(args, key)
-    if args.eval_batch_size:
-      config.eval_batch_size = args.eval_batch_size
+  model, variables, config = restore.restore_for_evaluation(args, "detection", ("data_dir", "manual_dir"))
   start = time.time()
   if args.output_dir:
     os.makedirs(args.output_dir, exist_ok=True)

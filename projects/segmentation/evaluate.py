@@ -61,15 +61,7 @@ def evaluate(model: Any, variables: Any, config: ml_collections.ConfigDict, mode
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   """Runs the command; returns the results."""
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  model, variables = restore.restore_model(args.config, args.checkpoint)
-  if restore.task_of(model.config) != "segmentation":
-    raise SystemExit(f"{args.checkpoint} is not a segmentation model; use projects.detection.evaluate")
-  config = ml_collections.ConfigDict(model.config)
-  with config.unlocked():
-    if args.data_dir:
-      config.dataset.data_dir = args.data_dir
-    if args.eval_batch_size:
-      config.eval_batch_size = args.eval_batch_size
+  model, variables, config = restore.restore_for_evaluation(args, "segmentation")
   start = time.time()
   results = evaluate(model, variables, config, args.mode, args.max_batches)
   scalars = evaluation.scalar_results(results)
