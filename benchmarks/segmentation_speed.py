@@ -28,7 +28,7 @@ from projects.common import config_utils
 from projects.common import optim
 from projects.common import sharding
 from projects.common import trainer
-from projects.segmentation.model import SegmentationModel
+from projects.segmentation.models.encoder_decoder import SegmentationModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

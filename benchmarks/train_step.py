@@ -119,7 +119,7 @@ def _ours_task(kind: str, h: int, w: int, batch: int, steps: int, remat: Any) ->
   import numpy as np  # pylint: disable=g-import-not-at-top
   from projects.common import config_utils, optim, sharding, trainer  # pylint: disable=g-import-not-at-top
   if kind == "upernet_train":
-    from projects.segmentation.model import SegmentationModel  # pylint: disable=g-import-not-at-top
+    from projects.segmentation.models.encoder_decoder import SegmentationModel  # pylint: disable=g-import-not-at-top
     config = config_utils.load_config(os.path.join(REPO, "configs", "upernet_crossformer_s_ade20k.py"))
     model_cls, meta = SegmentationModel, {"num_classes": 150}
     rng = np.random.default_rng(0)
@@ -128,7 +128,7 @@ def _ours_task(kind: str, h: int, w: int, batch: int, steps: int, remat: Any) ->
             "batch_mask": np.ones((batch,), np.float32)}
   else:
     from benchmarks.detection_speed import NUM_CLASSES, random_batch  # pylint: disable=g-import-not-at-top
-    from projects.detection.model import RetinaNetModel  # pylint: disable=g-import-not-at-top
+    from projects.detection.models.retinanet import RetinaNetModel  # pylint: disable=g-import-not-at-top
     config = config_utils.load_config(os.path.join(REPO, "configs", "retinanet_crossformer_s_coco.py"))
     model_cls, meta, host = RetinaNetModel, {"num_classes": NUM_CLASSES}, random_batch(batch, h, w)
   with config.unlocked():

@@ -4,10 +4,10 @@
 the Mask R-CNN one; the per-recipe files (``configs/retinanet_crossformer_s_coco.py``, ``..._b_coco.py``,
 ``configs/mask_rcnn_crossformer_{s,b}_coco.py``) are one-line ``get_config()`` wrappers and the tiny jobs
 (``configs/tiny_coco.py``, ``configs/tiny_coco_instance.py``) shrink one. ``config.model_name`` selects the
-model (``projects.registry``; ``projects.detection.train.model_spec`` adds what the job needs to know).
+model (``projects.registry``; the model class declares what the job needs to know: ``iou_types``, masks).
 Trainer / optimizer keys (Scenic's names) come from ``configs.common``, model keys are those of
-``projects.detection.model.RetinaNetModel`` / ``projects.detection.mask_rcnn.MaskRCNNModel``, dataset keys (plain
-values, ``DATASET_DEFAULTS``) those of ``projects.detection.data.input_pipeline.get_dataset``.
+``projects.detection.models.retinanet.RetinaNetModel`` / ``projects.detection.models.mask_rcnn.MaskRCNNModel``,
+dataset keys (plain values, ``DATASET_DEFAULTS``) those of ``projects.detection.data.input_pipeline.get_dataset``.
 
 Recipe (``detection/configs/retinanet_crossformer_{s,b}_fpn_1x_coco.py``, mmdet 2.x):
 * Backbone CrossFormer-S (drop_path 0.2) / -B (drop_path 0.3), G = (7, 7, 7, 7), I = (8, 4, 2, 1), all four
@@ -129,7 +129,7 @@ def retinanet_model_config(variant: str) -> ml_collections.ConfigDict:
 
 
 def mask_rcnn_model_config(variant: str) -> ml_collections.ConfigDict:
-  """``config.model`` of Mask R-CNN-CrossFormer-``variant`` (keys of ``projects.detection.mask_rcnn``)."""
+  """``config.model`` of Mask R-CNN-CrossFormer-``variant`` (keys of ``projects.detection.models.mask_rcnn``)."""
   return ml_collections.ConfigDict(dict(
       dtype="float32",  # "bfloat16" for mixed precision (params and losses stay float32)
       backbone=common.backbone_config(variant),

@@ -3,7 +3,7 @@
 ``semantic_fpn(variant)`` and ``upernet(variant)`` return complete job configs; the per-recipe files
 (``configs/fpn_crossformer_s_ade20k.py``, ...) are one-line ``get_config()`` wrappers and the tiny job
 (``configs/tiny_ade20k.py``) shrinks one. Trainer / optimizer keys come from ``configs.common``, model keys
-are those of ``projects.segmentation.model.SegmentationModel``, dataset keys those of
+are those of ``projects.segmentation.models.encoder_decoder.SegmentationModel``, dataset keys those of
 ``projects.segmentation.data.get_dataset``.
 
 Recipes:

@@ -30,7 +30,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def dataset_meta(config: ml_collections.ConfigDict, checkpoint_meta: Dict[str, Any]) -> Dict[str, Any]:
   """The recipe dataset's meta, with the checkpoint's class names when it records them."""
-  meta = model_io.default_dataset_meta(config)
+  meta = model_io.dataset_facts(config)
   classes = checkpoint_meta.get("CLASSES")
   if classes is not None:
     classes = [str(c).strip() for c in classes]

@@ -16,8 +16,6 @@ import argparse
 import sys
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-import jax.numpy as jnp
-
 from backbones import export as export_lib
 
 ApplyFn = Callable[[Any, Any], Any]
@@ -36,19 +34,6 @@ def parse_shape(text: str) -> Tuple[int, int, int, int]:
   return (dims[0], dims[1], dims[2], 3)
 
 
-def task_apply_fn(model: Any) -> ApplyFn:
-  """``f(variables, images)`` of a task model: segmentation logits, or a detector's padded detections."""
-  net = model.flax_model
-  if hasattr(model, "predict"):
-    def detect(variables, images):
-      b, h, w = images.shape[:3]
-      size = jnp.tile(jnp.asarray([[h, w]], jnp.int32), (b, 1))
-      outputs = net.apply(variables, images, train=False)
-      return model.predict(outputs, {"label": {"image_size": size, "scale": jnp.ones((b, 2), jnp.float32)}})
-    return detect
-  return lambda variables, images: {"logits": net.apply(variables, images, train=False)["logits"]}
-
-
 def build(args: argparse.Namespace) -> Tuple[ApplyFn, Any]:
   """``(apply_fn, variables)`` of what the arguments name."""
   if args.config:
@@ -56,7 +41,7 @@ def build(args: argparse.Namespace) -> Tuple[ApplyFn, Any]:
     if not args.checkpoint:
       raise ValueError("--config needs a --checkpoint (training workdir, converted model file or official file)")
     model, variables = restore.restore_model(config_utils.load_config(args.config), args.checkpoint)
-    return task_apply_fn(model), variables
+    return model.export_fn(), variables
   from backbones.extract_features import build_extractor  # pylint: disable=g-import-not-at-top
   module, variables = build_extractor(args.model, args.checkpoint)
   return module.apply, variables

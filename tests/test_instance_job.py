@@ -17,8 +17,8 @@ from projects.common import sharding
 from projects.detection import train
 from projects.detection import visualize
 from projects.detection.data import make_synthetic_coco
-from projects.detection.mask_rcnn import MaskRCNNModel
-from projects.detection.model import RetinaNetModel
+from projects.detection.models.mask_rcnn import MaskRCNNModel
+from projects.detection.models.retinanet import RetinaNetModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,13 +28,16 @@ def _config_path(name):
 
 
 def test_model_name_selects_the_model_and_the_masks():
-  assert train.model_spec(ml_collections.ConfigDict({})) == (RetinaNetModel, ("bbox",), False)
+  assert train.model_class(ml_collections.ConfigDict({})) is RetinaNetModel
   retina = config_utils.load_config(_config_path("retinanet_crossformer_s_coco"))
-  assert train.model_spec(retina).model_class is RetinaNetModel and not retina.dataset.with_masks
-  spec = train.model_spec(config_utils.load_config(_config_path("tiny_coco_instance")))
-  assert spec == (MaskRCNNModel, ("bbox", "segm"), True)
-  with pytest.raises(ValueError, match=r"config.model_name 'yolo' is not a detection model"):
-    train.model_spec(ml_collections.ConfigDict({"model_name": "yolo"}))
+  assert train.model_class(retina) is RetinaNetModel and not retina.dataset.with_masks
+  cls = train.model_class(config_utils.load_config(_config_path("tiny_coco_instance")))
+  assert (cls, cls.iou_types, cls.with_masks) == (MaskRCNNModel, ("bbox", "segm"), True)
+  assert (RetinaNetModel.iou_types, RetinaNetModel.with_masks) == (("bbox",), False)
+  with pytest.raises(ValueError, match=r"unknown model_name 'yolo'"):
+    train.model_class(ml_collections.ConfigDict({"model_name": "yolo"}))
+  with pytest.raises(ValueError, match=r"'crossformer_segmentation' is not a detection model"):
+    train.model_class(ml_collections.ConfigDict({"model_name": "crossformer_segmentation"}))
   assert registry.get_model_cls("crossformer_mask_rcnn") is MaskRCNNModel
 
 

@@ -40,7 +40,7 @@ def test_parity_runner_passes_on_the_fixture():
 
 
 def test_official_checkpoint_converts_whole():
-  from projects.detection.mask_rcnn import MaskRCNNModel  # pylint: disable=import-outside-toplevel
+  from projects.detection.models.mask_rcnn import MaskRCNNModel  # pylint: disable=import-outside-toplevel
   from projects.detection.mask_rcnn_checkpoint import convert_official_mask_rcnn  # pylint: disable=import-outside-toplevel
   layout = json.loads(_fixture("keys_mask_rcnn_crossformer_s.json").read_text())
   rng = np.random.default_rng(0)
@@ -127,7 +127,7 @@ class _ConvPyramid(nn.Module):
 
 @pytest.mark.slow
 def test_tiny_model_trains_and_predicts():
-  from projects.detection.mask_rcnn import MaskRCNNModel  # pylint: disable=import-outside-toplevel
+  from projects.detection.models.mask_rcnn import MaskRCNNModel  # pylint: disable=import-outside-toplevel
   model = MaskRCNNModel(None, {"num_classes": 3})
   cfg = model.config
   cfg.model.neck.out_channels = cfg.model.rpn_head.feat_channels = cfg.model.mask_head.conv_out_channels = 16

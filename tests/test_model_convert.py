@@ -83,7 +83,7 @@ def test_recipe_configs_equal_the_official_configs(name):
   """Our recipe's neck/head settings are what heads.official maps the official full-size config to."""
   mapped = official.model_config_from_mm(_keys(name)["mm_config"])
   config = _config(name)
-  assert mapped.pop("num_classes") == model_io.default_dataset_meta(config)["num_classes"]
+  assert mapped.pop("num_classes") == model_io.dataset_facts(config)["num_classes"]
   assert mapped.pop("avg_non_ignore", False) == config.model.get("avg_non_ignore", False)
   if "decode_head" in mapped:
     mapped.pop("test_cfg")  # mode whole: the predict/evaluate settings live elsewhere

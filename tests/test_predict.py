@@ -16,6 +16,7 @@ import pytest
 
 from projects.common import checkpoint as checkpoint_lib
 from projects.common import config_utils
+from projects.common import model_io
 from projects.common import images as images_lib
 from projects.common import predict_io
 from projects.common import restore
@@ -63,7 +64,7 @@ def _save_workdir(workdir, config, variables):
 @pytest.fixture(scope="module")
 def seg_workdir(tmp_path_factory):
   config = _seg_config()
-  model = restore.build_model(config, {"num_classes": SEG_CLASSES})
+  model = model_io.build_model(config, {"num_classes": SEG_CLASSES}, inference=True)
   variables = _init(model)
   return _save_workdir(tmp_path_factory.mktemp("seg_run"), config, variables), variables
 
@@ -244,7 +245,7 @@ def det_workdir(tmp_path_factory):
   config = config_utils.load_config(str(REPO / "configs" / "tiny_coco.py"), {"model.test_cfg.score_thr": 0.0})
   with config.unlocked():  # the dataset facts a model file carries
     config.dataset_meta = {"num_classes": 3, "class_names": ["circle", "square", "star"], "category_ids": [2, 7, 11]}
-  model = restore.build_model(config, {"num_classes": 3})
+  model = model_io.build_model(config, {"num_classes": 3}, inference=True)
   return _save_workdir(tmp_path_factory.mktemp("det_run"), config, _init(model))
 
 
@@ -294,7 +295,7 @@ def test_official_npz_converts_and_predicts(images_dir, tmp_path):
   if not keys_file.is_file():
     pytest.skip(f"{keys_file} not found (the shared/ folder beside the checkout)")
   config = _seg_config()
-  model = restore.build_model(config, {"num_classes": SEG_CLASSES})
+  model = model_io.build_model(config, {"num_classes": SEG_CLASSES}, inference=True)
   variables = _init(model, seed=3)
   state_dict = _official_layout(config, variables, keys_file)
   assert "decode_head.conv_seg.weight" in state_dict and "backbone.layers.3.blocks.0.mlp.fc1.weight" in state_dict

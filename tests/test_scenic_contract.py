@@ -29,7 +29,7 @@ from projects.common import pretrained
 from projects.common import sharding
 from projects.common import trainer
 from projects.common.base_model import psum_metrics
-from projects.segmentation.model import SegmentationModel, segmentation_loss
+from projects.segmentation.models.encoder_decoder import SegmentationModel, segmentation_loss
 
 K = 5
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

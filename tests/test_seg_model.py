@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from projects.segmentation import inference
-from projects.segmentation.model import (SegmentationModel, SegmentationNet, confusion_matrix,
+from projects.segmentation.models.encoder_decoder import (SegmentationModel, SegmentationNet, confusion_matrix,
                                          segmentation_loss, segmentation_metrics_from_confusion)
 
 KEY = jax.random.PRNGKey(0)

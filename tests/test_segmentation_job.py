@@ -10,7 +10,7 @@ import pytest
 
 from projects.common import config_utils
 from projects.common import sharding
-from projects.segmentation import model as seg_model
+from projects.segmentation.models import encoder_decoder as seg_model
 from projects.segmentation import train
 from projects.segmentation import visualize
 

@@ -24,7 +24,7 @@ from heads.detection.rpn_head import RPNHead
 from heads.detection.sampler import SamplerConfig
 from heads.fpn import FPN
 from heads.parity.report import BOX_TOL, SCORE_TOL, Report
-from projects.detection.mask_rcnn import (MaskRCNN, MaskRCNNSettings, loss_terms, mask_loss_sum,
+from projects.detection.models.mask_rcnn import (MaskRCNN, MaskRCNNSettings, loss_terms, mask_loss_sum,
                                           rcnn_loss_terms, rpn_loss_terms)
 from heads.detection.anchors import AnchorGenerator
 from heads.detection.assigner import MaxIoUAssigner

@@ -1,6 +1,6 @@
 """Fixture runner for Semantic FPN and UperNet (kinds ``semantic_fpn``, ``upernet``).
 
-Builds ``projects.segmentation.model.SegmentationModel`` from the fixture's ``mm_config`` through
+Builds ``projects.segmentation.models.encoder_decoder.SegmentationModel`` from the fixture's ``mm_config`` through
 ``heads.official.model_config_from_mm`` (the converter's mapping), with the recorded pyramid standing in for
 the backbone, converts ``sd/`` with ``heads.official.convert_state_dict`` and compares every stored output.
 """
@@ -15,7 +15,7 @@ import numpy as np
 from heads import official
 from heads.layers import resize_bilinear
 from heads.parity import common
-from projects.segmentation.model import SegmentationModel, segmentation_loss
+from projects.segmentation.models.encoder_decoder import SegmentationModel, segmentation_loss
 
 IGNORE_INDEX = 255
 NEAR_TIE_KEY = "pred_pixels_with_top2_margin_below_1e-4"

@@ -14,6 +14,16 @@ and train them with Scenic's own trainers, and our trainer runs them the same wa
 * ``init_from_train_state(train_state, restored_train_state, restored_model_cfg=None)`` -> ``train_state``
   with ``params["backbone"]`` taken from a restored (Scenic) train state.
 
+Beyond Scenic, a model class declares what the task-free core (restore, model files, convert, export,
+predict) asks of it, so that a model is one file (``projects.registry``):
+
+* ``name`` (set by ``registry.register_model``) and ``task``: the commands a model belongs to (each task's
+  predict/evaluate refuse another task's model).
+* ``num_classes_from_params(params, config)``: the class count read off a checkpoint's classifier.
+* ``convert_official(state_dict, expected)``: an official mmseg/mmdet state dict -> our variables (the
+  ``heads.official`` prefix mapping by default).
+* ``export_fn()``: ``f(variables, images) -> outputs`` for export and serving.
+
 The L2 term follows Scenic: ``0.5 * config.l2_decay_factor * sum of squares of the params with ndim > 1``
 (``config.l2_on_all_params=True``, ours, also counts 1-D params: biases and norm scales).
 """
@@ -36,6 +46,13 @@ def psum_metrics(metrics: Mapping[str, Tuple[Any, Any]], axis_name: Any) -> Dict
           for k, (v, n) in metrics.items()}
 
 
+def param_shapes(params: Mapping[str, Any], suffix: str, prefix: str = "") -> list:
+  """Shapes of the parameters whose ``/``-joined path starts with ``prefix`` and ends with ``suffix`` (for
+  class-count readers: ``param_shapes(params, "conv_seg/kernel", "decode_head/")``)."""
+  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+  return [tuple(jnp.shape(v)) for k, v in flat.items() if k.startswith(prefix) and k.endswith(suffix)]
+
+
 def l2_norm_squared(params: Any, all_params: bool = False) -> jnp.ndarray:
   """Sum of squares of the params with ``ndim > 1`` (Scenic's ``l2_regularization``), or of all params."""
   leaves = [p for p in jax.tree.leaves(params) if all_params or jnp.ndim(p) > 1]
@@ -54,6 +71,9 @@ class BaseModel:
   """
 
   axis_name: Any = "batch"
+  # The registry name (set by ``projects.registry.register_model``) and the task whose commands serve it.
+  name: str = ""
+  task: str = ""
 
   def __init__(self, config: Optional[ml_collections.ConfigDict],
                dataset_meta_data: Optional[Dict[str, Any]],
@@ -88,6 +108,29 @@ class BaseModel:
                                   drop_path_rate=cfg.get("drop_path_rate", 0.0),
                                   lda_mode=cfg.get("lda_mode", "v1"), remat=cfg.get("remat", False),
                                   dtype=dtype, **overrides)
+
+  @classmethod
+  def num_classes_from_params(cls, params: Mapping[str, Any], config: ml_collections.ConfigDict) -> int:
+    """The number of classes of a checkpoint's ``params`` (read off its classifier's shape)."""
+    raise NotImplementedError(f"{cls.__name__} does not say how to read its class count from parameters; "
+                              "set config.dataset_meta.num_classes")
+
+  @classmethod
+  def generic_meta_data(cls, num_classes: int) -> Dict[str, Any]:
+    """Dataset facts for ``num_classes`` classes when the dataset names none (``class_<i>``)."""
+    return {"class_names": [f"class_{i}" for i in range(num_classes)]}
+
+  @classmethod
+  def convert_official(cls, state_dict: Mapping[str, Any], expected: Mapping[str, Any]) -> Tuple[Any, Any]:
+    """``(variables, report)`` from an official mmseg/mmdet state dict for a model whose variables have the
+    shapes ``expected``; ``report.ok`` / ``report.problems()`` say what did not fit."""
+    from heads import official  # pylint: disable=import-outside-toplevel  (only conversion needs it)
+    return official.convert_state_dict(state_dict, expected, strict=False)
+
+  def export_fn(self) -> Callable[[Any, jnp.ndarray], Dict[str, Any]]:
+    """``f(variables, images) -> {name: array}``: what an exported program of this model returns for a batch
+    of normalised NHWC images (fixed-size arrays only)."""
+    raise NotImplementedError(f"{type(self).__name__} declares no export function")
 
   def l2_regularization(self, model_params: Optional[Any]) -> jnp.ndarray:
     """Scenic's optional ``0.5 * config.l2_decay_factor * ||params||^2`` (0 when the factor is unset)."""

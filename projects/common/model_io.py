@@ -5,8 +5,10 @@
   and for detection ``category_ids``) and the variables (``params``, ``batch_stats``).
 * ``convert_official_checkpoint(source, config)``: an official checkpoint (``.pth`` with ``state_dict`` +
   ``meta``, the same state dict as ``.npz``, or an in-memory mapping) -> our variables for the model that
-  ``config`` describes. The key mapping is ``heads.official``'s; every key is used or explicitly dropped.
-* ``build_model(config)``: the task model (``SegmentationModel`` / ``RetinaNetModel``) ``config`` describes.
+  ``config`` describes. The key mapping is the model class's (``convert_official``); every key is used or
+  explicitly dropped.
+* ``build_model(config)``: the task model that ``config.model_name`` names (``projects.registry``), with the
+  dataset facts of ``dataset_facts(config)``.
 """
 
 import json
@@ -21,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from backbones import checkpoint_io
-from heads import official
+from projects import registry
 
 FORMAT = "crossformer-jax-model/1"
 PathLike = Union[str, os.PathLike]
@@ -31,63 +33,41 @@ _SHAPE_PROBE_SIZE = 128
 
 # ------------------------------------------------------------------------------------------------ models
 
-def model_kind(config: ml_collections.ConfigDict) -> str:
-  """``"segmentation"``, ``"mask_rcnn"`` or ``"retinanet"``: from ``config.model_name`` (the registry name) when
-  set, else from the ``config.model`` key that marks the model (``decode_head``, ``rpn_head``, ``bbox_head``)."""
-  name = config.get("model_name")
-  for kind, (registry_name, _) in MODEL_KINDS.items():
-    if name == registry_name:
-      return kind
-  model = config.get("model")
-  if model is None:
-    raise ValueError("the config has no 'model' field")
-  for kind, (_, key) in MODEL_KINDS.items():
-    if model.get(key) is not None:
-      return kind
-  raise ValueError(f"config.model describes no known model (model_name {name!r}; needs one of the keys "
-                   f"{sorted(key for _, key in MODEL_KINDS.values())})")
-
-
 def model_class(config: ml_collections.ConfigDict) -> type:
-  """The ``BaseModel`` class of ``config``'s model (through ``projects.registry``)."""
-  from projects import registry  # pylint: disable=g-import-not-at-top
-  return registry.get_model_cls(MODEL_KINDS[model_kind(config)][0])
+  """The ``BaseModel`` class that ``config.model_name`` names (``projects.registry``)."""
+  name = config.get("model_name")
+  if not name:
+    raise ValueError("the config has no model_name (the registry name of its model, e.g. "
+                     f"'crossformer_segmentation'; registered: {registry.list_models()})")
+  return registry.get_model_cls(name)
 
 
-# model kind -> (its projects.registry name, the config.model key that marks it), checked in this order
-# (Mask R-CNN also has a bbox_head). Extensible.
-MODEL_KINDS: Dict[str, Tuple[str, str]] = {
-    "segmentation": ("crossformer_segmentation", "decode_head"),
-    "mask_rcnn": ("crossformer_mask_rcnn", "rpn_head"),
-    "retinanet": ("crossformer_retinanet", "bbox_head"),
-}
-
-
-def default_dataset_meta(config: ml_collections.ConfigDict) -> Dict[str, Any]:
-  """``config.dataset_meta`` if present, else the dataset of the recipe's (ADE20K or COCO) names and ids."""
+def dataset_facts(config: ml_collections.ConfigDict) -> Dict[str, Any]:
+  """``num_classes``, ``class_names`` (and what else the model's task records, e.g. COCO ``category_ids``) of
+  ``config``'s dataset without reading its data: ``config.dataset_meta`` when present (model files and run
+  configs carry it), else what the dataset registered as ``config.dataset_name`` declares."""
   if config.get("dataset_meta") is not None:
     meta = dict(config.dataset_meta.to_dict() if hasattr(config.dataset_meta, "to_dict")
                 else config.dataset_meta)
     if "num_classes" not in meta:
       raise ValueError("config.dataset_meta has no num_classes")
     return meta
-  if model_kind(config) == "segmentation":
-    from projects.segmentation.data import ade20k_classes  # pylint: disable=g-import-not-at-top
-    num = (config.get("dataset") or {}).get("num_classes", ade20k_classes.NUM_CLASSES)
-    if num is None:
-      raise ValueError("the config takes num_classes from its dataset (config.dataset.num_classes is None): "
-                       "use a training run's config.json, or set --config.dataset.num_classes=K")
-    num = int(num)
-    names = list(ade20k_classes.CLASS_NAMES) if num == ade20k_classes.NUM_CLASSES else None
-    return {"num_classes": num, "class_names": names or [f"class_{i}" for i in range(num)]}
-  from projects.detection.data import coco_classes  # pylint: disable=g-import-not-at-top
-  return {"num_classes": len(coco_classes.CLASS_NAMES), "class_names": list(coco_classes.CLASS_NAMES),
-          "category_ids": list(coco_classes.CATEGORY_IDS)}
+  meta = registry.dataset_meta(config)
+  if meta is None:
+    raise ValueError(f"dataset {config.get('dataset_name')!r} declares no class facts: set "
+                     "config.dataset_meta.num_classes (and class_names), or use a run's config.json")
+  return meta
 
 
-def build_model(config: ml_collections.ConfigDict, dataset_meta: Optional[Mapping[str, Any]] = None):
-  """The task model of ``config`` (``dataset_meta`` defaults to ``default_dataset_meta(config)``)."""
-  meta = dict(dataset_meta) if dataset_meta is not None else default_dataset_meta(config)
+def build_model(config: ml_collections.ConfigDict, dataset_meta: Optional[Mapping[str, Any]] = None, *,
+                inference: bool = False):
+  """The task model of ``config`` (``dataset_meta`` defaults to ``dataset_facts(config)``). ``inference``:
+  without stochastic depth (a restored model for predict/evaluate/export)."""
+  meta = dict(dataset_meta) if dataset_meta is not None else dataset_facts(config)
+  if inference and (config.get("model") or {}).get("backbone") is not None:
+    config = ml_collections.ConfigDict(config)
+    with config.unlocked():
+      config.model.backbone.drop_path_rate = 0.0
   return model_class(config)(config, meta)
 
 
@@ -216,11 +196,10 @@ def convert_official_checkpoint(source: Union[PathLike, Mapping[str, Any]], conf
     state_dict, _ = read_official_file(source)
     where = str(source)
   model = build_model(config)
-  expected = variable_shapes(model)
-  variables, report = official.convert_state_dict(state_dict, expected, strict=False)
+  variables, report = type(model).convert_official(state_dict, variable_shapes(model))
   if not report.ok:
     backbone = (config.model.get("backbone") or {}).get("name", "?")
-    raise ValueError(f"{where} does not fit the model of this config ({model_kind(config)}, {backbone}): "
+    raise ValueError(f"{where} does not fit the model of this config ({config.model_name}, {backbone}): "
                      f"{report.problems()}")
   return variables
 

@@ -7,10 +7,10 @@
 * an official mmseg/mmdet checkpoint (``.pth`` / ``.npz``), converted on the fly with the given config
   (``projects.common.model_io.convert_official_checkpoint``).
 
-The task (segmentation or detection) follows from ``config.model`` (``decode_head`` or ``bbox_head``); the
-dataset facts the model needs (``num_classes``, ``class_names``, COCO ``category_ids``) come from
-``config.dataset_meta`` (model files store it), else from the checkpoint's classifier shape and the
-dataset's defaults.
+The model class is the one ``config.model_name`` names (``projects.registry``); the dataset facts it needs
+(``num_classes``, ``class_names``, COCO ``category_ids``) come from ``config.dataset_meta`` (model files store
+it), else from the checkpoint's classifier (the class's ``num_classes_from_params``) and what the config's
+dataset declares (``registry.dataset_meta``).
 """
 
 import json
@@ -59,12 +59,6 @@ def add_model_arguments(parser: Any) -> None:
                       help="training workdir, converted model file, or official .pth/.npz")
 
 
-def task_of(config: ml_collections.ConfigDict) -> str:
-  """``"segmentation"`` or ``"detection"`` (RetinaNet, Mask R-CNN) of ``config``'s model."""
-  kind = model_io.model_kind(config)
-  return "segmentation" if kind == "segmentation" else "detection"
-
-
 def workdir_checkpoint(path: Union[str, os.PathLike]) -> Optional[Tuple[pathlib.Path, Optional[pathlib.Path]]]:
   """``(step folder, run config.json or None)`` when ``path`` is a training workdir, its ``checkpoints``
   folder or one step of it; ``None`` when it is none of these. The newest complete step is taken."""
@@ -107,62 +101,25 @@ def read_orbax_variables(step_dir: pathlib.Path) -> Dict[str, Any]:
   return jax.tree.map(np.asarray, variables)
 
 
-def infer_num_classes(task: str, params: Mapping[str, Any], config: ml_collections.ConfigDict) -> int:
-  """The class count of a checkpoint, read off its classifier (``conv_seg`` / ``retina_cls``)."""
-  flat = _flat(params)
-  if task == "segmentation":
-    kernels = [v for k, v in flat.items() if k.startswith("decode_head/") and k.endswith("conv_seg/kernel")]
-    if kernels:
-      return int(np.shape(kernels[0])[-1])
-  else:
-    kernels = [v for k, v in flat.items() if k.endswith("retina_cls/kernel")]
-    if kernels:
-      a = config.model.anchor
-      num_anchors = len(a.ratios) * int(a.scales_per_octave)
-      return int(np.shape(kernels[0])[-1]) // num_anchors
-  raise ValueError(f"cannot find the classifier of the {task} checkpoint (params: {sorted(flat)[:5]} ...)")
-
-
-def default_meta_data(task: str, config: ml_collections.ConfigDict, num_classes: int) -> Dict[str, Any]:
-  """``num_classes``, ``class_names`` (and COCO ``category_ids``) when only the class count is known.
-
-  Segmentation with 150 classes gets ADE20K's names; detection first asks the prepared dataset of
-  ``config.dataset`` (when it is on disk), then COCO's 80 classes, else names are ``class_<i>`` and category
-  ids ``1..C``.
-  """
-  meta: Dict[str, Any] = {"num_classes": num_classes}
-  if task == "segmentation":
-    from projects.segmentation.data import ade20k_classes  # pylint: disable=g-import-not-at-top
-    meta["class_names"] = (list(ade20k_classes.CLASS_NAMES) if num_classes == ade20k_classes.NUM_CLASSES
-                           else [f"class_{i}" for i in range(num_classes)])
-    return meta
-  from projects.detection.data import coco_classes  # pylint: disable=g-import-not-at-top
-  dataset_meta = _detection_dataset_meta(config)
-  if dataset_meta and int(dataset_meta["num_classes"]) == num_classes:
-    meta.update({k: list(dataset_meta[k]) for k in ("class_names", "category_ids")})
-  elif num_classes == len(coco_classes.CLASS_NAMES):
-    meta.update(class_names=list(coco_classes.CLASS_NAMES), category_ids=list(coco_classes.CATEGORY_IDS))
-  else:
-    meta["class_names"] = [f"class_{i}" for i in range(num_classes)]
-    meta["category_ids"] = list(range(1, num_classes + 1))
-  return meta
-
-
-def _detection_dataset_meta(config: ml_collections.ConfigDict) -> Optional[Mapping[str, Any]]:
-  dataset = config.get("dataset")
-  if not dataset or not dataset.get("data_dir"):
-    return None
+def complete_meta_data(model_cls: type, config: ml_collections.ConfigDict, params: Mapping[str, Any],
+                       meta_data: Mapping[str, Any]) -> Dict[str, Any]:
+  """``meta_data`` completed for ``model_cls``: ``num_classes`` read off the checkpoint's classifier when not
+  given, then the dataset's names (and ids) when its class count agrees, else the model's generic ones."""
+  meta = dict(meta_data)
+  if "num_classes" not in meta:
+    meta["num_classes"] = model_cls.num_classes_from_params(params, config)
+  num = int(meta["num_classes"])
   try:
-    from projects.detection.data import coco_source  # pylint: disable=g-import-not-at-top
-    from projects.detection.data import input_pipeline  # pylint: disable=g-import-not-at-top
-    options = input_pipeline.default_dataset_config()
-    options.update(dataset.to_dict())
-    builder = coco_source.make_builder(options)
-    if not builder.is_prepared():
-      return None
-    return coco_source.dataset_meta_data(builder, options, options.eval_split)
-  except Exception:  # pylint: disable=broad-except  (names are a nicety; a missing dataset is fine)
-    return None
+    declared = model_io.dataset_facts(ml_collections.ConfigDict({
+        k: v for k, v in config.items() if k in ("dataset_name", "dataset")}))
+  except ValueError:
+    declared = None
+  if declared and int(declared["num_classes"]) == num:
+    for key, value in declared.items():
+      meta.setdefault(key, value)
+  for key, value in model_cls.generic_meta_data(num).items():
+    meta.setdefault(key, value)
+  return meta
 
 
 def config_meta_data(config: ml_collections.ConfigDict) -> Dict[str, Any]:
@@ -170,16 +127,6 @@ def config_meta_data(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   ``category_ids``; model files written by ``model_io.save_model_file`` always do)."""
   meta = config.get("dataset_meta") or {}
   return {k: (int(meta[k]) if k == "num_classes" else list(meta[k])) for k in META_KEYS if meta.get(k) is not None}
-
-
-def build_model(config: ml_collections.ConfigDict, meta_data: Mapping[str, Any]) -> BaseModel:
-  """The task model of ``config`` for ``meta_data``, with inference-time settings (no pretrained load,
-  no stochastic depth)."""
-  config = ml_collections.ConfigDict(config)
-  with config.unlocked():
-    if config.model.get("backbone") is not None:
-      config.model.backbone.drop_path_rate = 0.0
-  return model_io.model_class(config)(config, dict(meta_data))
 
 
 def check_variables(model: BaseModel, variables: Mapping[str, Any], source: str) -> Dict[str, Any]:
@@ -244,14 +191,10 @@ def restore_model(config_or_path: ConfigOrPath, checkpoint: Union[str, os.PathLi
     if config_or_path is not None:  # the file's dataset facts still apply
       meta_data = {**config_meta_data(stored), **dict(meta_data or {})}
     source_name = str(source)
-  task = task_of(config)
   meta = config_meta_data(config)
   meta.update(dict(meta_data or {}))
-  if "num_classes" not in meta:
-    meta["num_classes"] = infer_num_classes(task, variables["params"], config)
-  for key, value in default_meta_data(task, config, int(meta["num_classes"])).items():
-    meta.setdefault(key, value)
-  model = build_model(config, meta)
+  meta = complete_meta_data(model_io.model_class(config), config, variables["params"], meta)
+  model = model_io.build_model(config, meta, inference=True)
   return model, check_variables(model, variables, source_name)
 
 
@@ -261,9 +204,7 @@ def restore_for_evaluation(args: Any, task: str, dataset_keys: Sequence[str] = (
   ``--checkpoint``, ``--eval_batch_size`` and the ``dataset_keys`` options, which override
   ``config.dataset``). Exits with a one-line message when the checkpoint is another task's model."""
   model, variables = restore_model(args.config, args.checkpoint)
-  if task_of(model.config) != task:
-    other = "detection" if task == "segmentation" else "segmentation"
-    raise SystemExit(f"{args.checkpoint} is not a {task} model; use projects.{other}.evaluate")
+  check_task(model, task, args.checkpoint, "evaluate")
   config = ml_collections.ConfigDict(model.config)
   with config.unlocked():
     for key in dataset_keys:
@@ -272,6 +213,13 @@ def restore_for_evaluation(args: Any, task: str, dataset_keys: Sequence[str] = (
     if args.eval_batch_size:
       config.eval_batch_size = args.eval_batch_size
   return model, variables, config
+
+
+def check_task(model: BaseModel, task: str, checkpoint: Any, command: str) -> None:
+  """Exits with one line when ``model`` belongs to another task than the command's ``task``."""
+  if model.task != task:
+    raise SystemExit(f"{checkpoint} is not a {task} model; use projects.{model.task}.{command} (it holds "
+                     f"{model.name})")
 
 
 @flax.struct.dataclass

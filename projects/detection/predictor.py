@@ -73,8 +73,8 @@ class Detector:
   def from_checkpoint(cls, config: restore.ConfigOrPath, checkpoint: str, **kwargs: Any) -> "Detector":
     """Restores ``checkpoint`` (workdir, converted file or official .pth/.npz; ``restore.restore_model``)."""
     model, variables = restore.restore_model(config, checkpoint)
-    if restore.task_of(model.config) != "detection":
-      raise ValueError(f"{checkpoint} is a {restore.task_of(model.config)} model, not a detection one")
+    if model.task != "detection":
+      raise ValueError(f"{checkpoint} is a {model.task} model ({model.name}), not a detection one")
     return cls(model, variables, **kwargs)
 
   def _detect(self, variables, inputs, image_size, scale):

@@ -1,9 +1,8 @@
 """The COCO detection job: model, data, COCO evaluator and outputs around the shared trainer.
 
-``run(config, workdir)`` builds the model named by ``config.model_name`` (``model_spec``: ``"crossformer_retinanet"``,
-the default, or ``"crossformer_mask_rcnn"``) and the COCO dataset (``input_pipeline.get_dataset``, with instance
-masks only for
-Mask R-CNN),
+``run(config, workdir)`` builds the detection model named by ``config.model_name`` (any registered
+``Detector``: ``"crossformer_retinanet"``, the default, or ``"crossformer_mask_rcnn"``) and the COCO dataset
+(``input_pipeline.get_dataset``, with instance masks only for models that declare ``with_masks``),
 generates and prepares the synthetic COCO-format stand-in first when ``config.synthetic_data`` is set, converts
 an epoch-based schedule to steps (``resolve_epoch_schedule``), trains with
 ``projects.common.trainer.train_and_evaluate`` (COCO box AP every ``log_eval_steps`` and at the end) and writes
@@ -16,7 +15,7 @@ ground truth in white and detections coloured by class, Mask R-CNN's masks as co
 
 import copy
 import os
-from typing import Any, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple, Type
+from typing import Any, Dict, Mapping, Optional, Sequence, Type
 
 from absl import logging
 import jax
@@ -28,36 +27,22 @@ from projects.common import evaluation
 from projects.common import sharding
 from projects import registry
 from projects.common import trainer
-from projects.common.base_model import BaseModel
 from projects.detection import visualize
 from projects.detection.evaluation import CocoEvaluator
-from projects.detection.mask_rcnn import MaskRCNNModel
-from projects.detection.model import RetinaNetModel
+from projects.detection.detector import Detector
 
 RESULTS_FILE = "eval_results.json"
 PNG_FILE = "detections.png"
 
 
-class ModelSpec(NamedTuple):
-  """What the job needs to know about a detection model: its class, COCO iou types and whether it needs masks."""
-  model_class: Type[BaseModel]
-  iou_types: Tuple[str, ...]
-  with_masks: bool
-
-
-# Keyed by the registry names (``projects.registry.MODELS``).
-MODELS: Dict[str, ModelSpec] = {
-    "crossformer_retinanet": ModelSpec(RetinaNetModel, ("bbox",), False),
-    "crossformer_mask_rcnn": ModelSpec(MaskRCNNModel, ("bbox", "segm"), True),
-}
-
-
-def model_spec(config: ml_collections.ConfigDict) -> ModelSpec:
-  """The ``ModelSpec`` of ``config.model_name`` (Scenic's key; ``"crossformer_retinanet"`` when absent)."""
+def model_class(config: ml_collections.ConfigDict) -> Type[Detector]:
+  """The detection model class that ``config.model_name`` names (``"crossformer_retinanet"`` when absent)."""
   name = config.get("model_name") or "crossformer_retinanet"
-  if name not in MODELS:
-    raise ValueError(f"config.model_name {name!r} is not a detection model; known: {sorted(MODELS)}")
-  return MODELS[name]
+  cls = registry.get_model_cls(name)
+  if not (isinstance(cls, type) and issubclass(cls, Detector)):
+    raise ValueError(f"config.model_name {name!r} is not a detection model (its task is "
+                     f"{getattr(cls, 'task', '?')!r})")
+  return cls
 
 
 class DetectionEvaluator(CocoEvaluator):
@@ -201,27 +186,28 @@ def run(config: ml_collections.ConfigDict, workdir: str,
         mesh: Optional[jax.sharding.Mesh] = None, **trainer_kwargs: Any) -> trainer.TrainResult:
   """Trains and evaluates the detector of ``config``; writes the results into ``workdir``."""
   os.makedirs(workdir, exist_ok=True)
-  spec = model_spec(config)
+  model_cls = model_class(config)
   config = ml_collections.ConfigDict(config)
   with config.unlocked():
-    config.dataset.with_masks = spec.with_masks  # masks are decoded only for the models that train on them
+    config.dataset.with_masks = model_cls.with_masks  # masks are decoded only for the models that train on them
   config = ensure_synthetic_data(config, workdir)
   mesh = mesh or sharding.create_mesh()
   dataset = build_dataset(config)
   config = resolve_epoch_schedule(config, int(dataset.meta_data["steps_per_epoch"]))
   if jax.process_index() == 0:
     config_utils.save_config(config, workdir)
-  model = spec.model_class(config, dataset.meta_data)
+  model = model_cls(config, dataset.meta_data)
   mask_threshold = float(config.model.get("test_cfg", {}).get("mask_thr_binary", 0.5))
   evaluator = DetectionEvaluator(dataset.meta_data, model.predict, output_dir=workdir,
                                  num_examples=int(config.get("num_visualized_images", 4)),
-                                 iou_types=spec.iou_types, mask_threshold=mask_threshold)
+                                 iou_types=model_cls.iou_types, mask_threshold=mask_threshold)
   train_fn = registry.get_trainer(config.get("trainer_name") or "crossformer_trainer")
   result = train_fn(model, dataset, config, workdir, evaluator, mesh=mesh, **trainer_kwargs)
   if jax.process_index() == 0 and result.eval_summary:
     path = write_results(result.eval_summary, workdir)
-    logging.info("final box AP %.4f, mask AP %.4f (results in %s)", result.eval_summary.get("AP", float("nan")),
-                 result.eval_summary.get("mask_AP", float("nan")), path)
+    summary = result.eval_summary
+    masks = f", mask AP {summary['mask_AP']:.4f}" if "mask_AP" in summary else ""
+    logging.info("final box AP %.4f%s (results in %s)", summary.get("AP", float("nan")), masks, path)
     png = write_detection_png(result.eval_summary.get("examples"), os.path.join(workdir, PNG_FILE),
                               dataset.meta_data.get("class_names"),
                               float(config.get("visualization_score_threshold", 0.3)), mask_threshold)

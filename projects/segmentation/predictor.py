@@ -151,8 +151,8 @@ class Segmenter:
                       **kwargs: Any) -> "Segmenter":
     """Restores ``checkpoint`` (workdir, converted file or official .pth/.npz; ``restore.restore_model``)."""
     model, variables = restore.restore_model(config, checkpoint)
-    if restore.task_of(model.config) != "segmentation":
-      raise ValueError(f"{checkpoint} is a {restore.task_of(model.config)} model, not a segmentation one")
+    if model.task != "segmentation":
+      raise ValueError(f"{checkpoint} is a {model.task} model ({model.name}), not a segmentation one")
     return cls(model, variables, test_time_from_config(model.config, mode), **kwargs)
 
   @property

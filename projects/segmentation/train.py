@@ -26,7 +26,7 @@ from projects import registry
 from projects.common import trainer
 from projects.segmentation import predictor
 from projects.segmentation import visualize
-from projects.segmentation.model import SegmentationModel
+from projects.segmentation.models.encoder_decoder import SegmentationModel
 
 
 def original_label(raw: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ Index ``i`` of ``CLASS_NAMES`` is training label ``i``; in the annotation PNGs i
 trailing space is written ``'bed'`` here).
 """
 
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 NUM_CLASSES = 150
 
@@ -59,3 +59,15 @@ PALETTE: Tuple[Tuple[int, int, int], ...] = (
 )
 
 assert len(CLASS_NAMES) == NUM_CLASSES and len(PALETTE) == NUM_CLASSES
+
+
+def dataset_meta(config: Any) -> Dict[str, Any]:
+  """The class facts of an ADE20K config: 150 classes and their names (a ``config.dataset.num_classes`` that
+  differs gives ``class_<i>`` names)."""
+  num = (config.get("dataset") or {}).get("num_classes", NUM_CLASSES)
+  if num is None:
+    raise ValueError("the config takes num_classes from its dataset (config.dataset.num_classes is None): "
+                     "use a training run's config.json, or set --config.dataset.num_classes=K")
+  num = int(num)
+  names = list(CLASS_NAMES) if num == NUM_CLASSES else [f"class_{i}" for i in range(num)]
+  return {"num_classes": num, "class_names": names}

@@ -52,7 +52,9 @@ from heads.detection.roi_heads import FCNMaskHead, Shared2FCBBoxHead
 from heads.detection.rpn_head import RPNHead
 from heads.detection.sampler import SamplerConfig, random_sample
 from heads.fpn import FPN
-from projects.common.base_model import BaseModel
+from projects import registry
+from projects.common.base_model import param_shapes
+from projects.detection.detector import Detector
 
 Batch = Mapping[str, Any]
 Metrics = Dict[str, Tuple[jnp.ndarray, jnp.ndarray]]
@@ -371,7 +373,8 @@ def loss_terms(outputs: Mapping[str, Any]) -> Metrics:
   return metrics
 
 
-class MaskRCNNModel(BaseModel):
+@registry.register_model("crossformer_mask_rcnn")
+class MaskRCNNModel(Detector):
   """Scenic-style Mask R-CNN: network, two-stage losses, metrics and predictions (see the module docstring).
 
   ``config.model`` keys (``default_flax_model_config`` is a complete tiny example; the values given are the
@@ -387,6 +390,18 @@ class MaskRCNNModel(BaseModel):
     ``score_thr`` (0.05), ``iou_threshold`` (0.5), ``max_per_img`` (100), ``mask_thr_binary`` (0.5).
   ``dataset_meta_data["num_classes"]`` sets the number of foreground classes.
   """
+
+  iou_types = ("bbox", "segm")
+  with_masks = True
+
+  @classmethod
+  def num_classes_from_params(cls, params: Mapping[str, Any], config: ml_collections.ConfigDict) -> int:
+    """Foreground classes of the box head's classifier (``bbox_head/fc_cls``: classes + background)."""
+    del config
+    shapes = param_shapes(params, "bbox_head/fc_cls/kernel")
+    if not shapes:
+      raise ValueError("the Mask R-CNN checkpoint has no bbox_head/fc_cls classifier")
+    return int(shapes[0][-1]) - 1
 
   @property
   def settings(self) -> MaskRCNNSettings:

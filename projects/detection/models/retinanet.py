@@ -23,7 +23,9 @@ from heads.detection.assigner import MaxIoUAssigner
 from heads.detection.box_coder import DeltaXYWHBBoxCoder
 from heads.detection.retinanet_head import RetinaHead
 from heads.fpn import FPN
-from projects.common.base_model import BaseModel
+from projects import registry
+from projects.common.base_model import param_shapes
+from projects.detection.detector import Detector
 from projects.detection.postprocess import TestConfig, retinanet_detections
 
 Batch = Mapping[str, Any]
@@ -63,7 +65,8 @@ class RetinaNet(nn.Module):
     return {"cls_logits": tuple(cls_logits), "box_deltas": tuple(box_deltas), "anchors": anchors}
 
 
-class RetinaNetModel(BaseModel):
+@registry.register_model("crossformer_retinanet")
+class RetinaNetModel(Detector):
   """Scenic-style RetinaNet model: network, loss, metrics and COCO-ready predictions.
 
   ``config.model`` keys (see ``default_flax_model_config`` for a complete tiny example; the values given here
@@ -86,6 +89,15 @@ class RetinaNetModel(BaseModel):
   metrics over Scenic's pmap axis, ``get_metrics_fn_jit`` serves jit trainers.
   ``dataset_meta_data["num_classes"]`` sets the number of foreground classes.
   """
+
+  @classmethod
+  def num_classes_from_params(cls, params: Mapping[str, Any], config: ml_collections.ConfigDict) -> int:
+    """Foreground classes of the classification branch (``retina_cls`` outputs / anchors per position)."""
+    shapes = param_shapes(params, "retina_cls/kernel")
+    if not shapes:
+      raise ValueError("the RetinaNet checkpoint has no retina_cls classifier")
+    anchor = config.model.anchor
+    return int(shapes[0][-1]) // (len(anchor.ratios) * int(anchor.scales_per_octave))
 
   @property
   def anchor_generator(self) -> AnchorGenerator:

@@ -20,7 +20,8 @@ import numpy as np
 from heads.fpn import FPN
 from heads.layers import Dtype, resize_bilinear
 from heads.segmentation import FCNHead, FPNHead, UPerHead
-from projects.common.base_model import Batch, BaseModel, MetricFn
+from projects import registry
+from projects.common.base_model import Batch, BaseModel, MetricFn, param_shapes
 
 DECODE_HEADS = ("semantic_fpn", "upernet")
 
@@ -184,6 +185,7 @@ def segmentation_metrics_from_confusion(confusion: Any,
   return results
 
 
+@registry.register_model("crossformer_segmentation")
 class SegmentationModel(BaseModel):
   """Scenic-style semantic segmentation model around ``SegmentationNet``.
 
@@ -199,6 +201,22 @@ class SegmentationModel(BaseModel):
   (and ``class_names`` for the per-class metrics). ``backbone`` replaces the backbone that
   ``config.model.backbone`` would build (any module returning the stage dict).
   """
+
+  task = "segmentation"
+
+  @classmethod
+  def num_classes_from_params(cls, params: Mapping[str, Any], config: ml_collections.ConfigDict) -> int:
+    """Classes of the decode head's classifier (``decode_head/.../conv_seg/kernel``, last axis)."""
+    del config
+    shapes = param_shapes(params, "conv_seg/kernel", "decode_head/")
+    if not shapes:
+      raise ValueError("the segmentation checkpoint has no decode_head/conv_seg classifier")
+    return int(shapes[0][-1])
+
+  def export_fn(self) -> Callable[[Any, jnp.ndarray], Dict[str, jnp.ndarray]]:
+    """``f(variables, images) -> {"logits": (B, H, W, K) float32}`` at the input size."""
+    net = self.flax_model
+    return lambda variables, images: {"logits": net.apply(variables, images, train=False)["logits"]}
 
   @property
   def model_config(self) -> ml_collections.ConfigDict:

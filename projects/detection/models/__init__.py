@@ -1,0 +1,1 @@
+"""Detection model declarations: each module registers its models (``projects.registry``)."""

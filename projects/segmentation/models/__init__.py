@@ -1,0 +1,1 @@
+"""Segmentation model declarations: each module registers its models (``projects.registry``)."""
