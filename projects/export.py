@@ -2,7 +2,8 @@
 
     # a backbone (its feature pyramid), from a converted checkpoint, a Hub id or a named variant
     python -m projects.export --checkpoint crossformer_s.msgpack --shape 1x512x512 --output s.jaxexport
-    # a task model from its config and checkpoint (training workdir, converted model file or official file)
+    # a task model from its checkpoint (a training workdir or a converted model file carry their config; an
+    # official file needs --config)
     python -m projects.export --config configs/upernet_crossformer_s_ade20k.py --checkpoint K \
         --shape 1x512x512 --shape 1x512x704 --output upernet.jaxexport --saved_model upernet_savedmodel
 
@@ -36,11 +37,11 @@ def parse_shape(text: str) -> Tuple[int, int, int, int]:
 
 def build(args: argparse.Namespace) -> Tuple[ApplyFn, Any]:
   """``(apply_fn, variables)`` of what the arguments name."""
-  if args.config:
-    from projects.common import config_utils, restore  # pylint: disable=g-import-not-at-top
+  from projects.common import restore  # pylint: disable=g-import-not-at-top
+  if args.config or (args.checkpoint and restore.is_task_checkpoint(args.checkpoint)):
     if not args.checkpoint:
       raise ValueError("--config needs a --checkpoint (training workdir, converted model file or official file)")
-    model, variables = restore.restore_model(config_utils.load_config(args.config), args.checkpoint)
+    model, variables = restore.restore_model(args.config, args.checkpoint)
     return model.export_fn(), variables
   from backbones.extract_features import build_extractor  # pylint: disable=g-import-not-at-top
   module, variables = build_extractor(args.model, args.checkpoint)

@@ -59,6 +59,19 @@ def add_model_arguments(parser: Any) -> None:
                       help="training workdir, converted model file, or official .pth/.npz")
 
 
+def is_task_checkpoint(path: Union[str, os.PathLike]) -> bool:
+  """Whether ``path`` holds a whole task model with its config: a training workdir (or one of its steps) or
+  a converted model file (``model_io.save_model_file``)."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    return workdir_checkpoint(path) is not None
+  try:
+    model_io.load_model_file(path)
+  except (OSError, ValueError):
+    return False
+  return True
+
+
 def workdir_checkpoint(path: Union[str, os.PathLike]) -> Optional[Tuple[pathlib.Path, Optional[pathlib.Path]]]:
   """``(step folder, run config.json or None)`` when ``path`` is a training workdir, its ``checkpoints``
   folder or one step of it; ``None`` when it is none of these. The newest complete step is taken."""
