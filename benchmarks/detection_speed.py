@@ -28,7 +28,7 @@ from projects.common import config_utils  # noqa: E402  pylint: disable=g-import
 from projects.common import optim  # noqa: E402  pylint: disable=g-import-not-at-top
 from projects.common import sharding  # noqa: E402  pylint: disable=g-import-not-at-top
 from projects.common import trainer  # noqa: E402  pylint: disable=g-import-not-at-top
-from projects.detection.model import RetinaNetModel  # noqa: E402  pylint: disable=g-import-not-at-top
+from projects.detection.retinanet import RetinaNetModel  # noqa: E402  pylint: disable=g-import-not-at-top
 
 NUM_CLASSES = 80
 MAX_BOXES = 20

@@ -128,7 +128,7 @@ def _ours_task(kind: str, h: int, w: int, batch: int, steps: int, remat: Any) ->
             "batch_mask": np.ones((batch,), np.float32)}
   else:
     from benchmarks.detection_speed import NUM_CLASSES, random_batch  # pylint: disable=g-import-not-at-top
-    from projects.detection.model import RetinaNetModel  # pylint: disable=g-import-not-at-top
+    from projects.detection.retinanet import RetinaNetModel  # pylint: disable=g-import-not-at-top
     config = config_utils.load_config(os.path.join(REPO, "configs", "retinanet_crossformer_s_coco.py"))
     model_cls, meta, host = RetinaNetModel, {"num_classes": NUM_CLASSES}, random_batch(batch, h, w)
   with config.unlocked():

@@ -6,7 +6,7 @@ the Mask R-CNN one; the per-recipe files (``configs/retinanet_crossformer_s_coco
 (``configs/tiny_coco.py``, ``configs/tiny_coco_instance.py``) shrink one. ``config.model_name`` selects the
 model (``projects.registry``; ``projects.detection.train.model_spec`` adds what the job needs to know).
 Trainer / optimizer keys (Scenic's names) come from ``configs.common``, model keys are those of
-``projects.detection.model.RetinaNetModel`` / ``projects.detection.mask_rcnn.MaskRCNNModel``, dataset keys (plain
+``projects.detection.retinanet.RetinaNetModel`` / ``projects.detection.mask_rcnn.MaskRCNNModel``, dataset keys (plain
 values, ``DATASET_DEFAULTS``) those of ``projects.detection.data.input_pipeline.get_dataset``.
 
 Recipe (``detection/configs/retinanet_crossformer_{s,b}_fpn_1x_coco.py``, mmdet 2.x):

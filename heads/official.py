@@ -6,7 +6,7 @@ Used by the fixture runners (``heads.parity``), the whole-checkpoint converter
 * ``model_config_from_mm(mm_config)``: an mmseg ``EncoderDecoder`` / mmdet ``RetinaNet`` model config (the
   ``neck``, ``decode_head``, ``auxiliary_head``, ``bbox_head``, ``train_cfg``, ``test_cfg`` dicts of the official
   configs) -> the sections of our ``config.model`` (``projects.segmentation.model`` /
-  ``projects.detection.model`` keys) plus ``num_classes``. Settings we do not implement raise ``ValueError``.
+  ``projects.detection.retinanet`` keys) plus ``num_classes``. Settings we do not implement raise ``ValueError``.
 * ``convert_state_dict(state_dict, expected)``: official keys -> our ``params`` / ``batch_stats``. Each top-level
   prefix (``backbone``, ``neck``, ``decode_head``, ``auxiliary_head``, ``bbox_head``) has a converter in
   ``PREFIX_CONVERTERS``; other models register theirs there (e.g. ``rpn_head``, ``roi_head``). Every key is

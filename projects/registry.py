@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Type
 MODELS: Dict[str, str] = {
     # Semantic FPN or UPerNet (+ FCN auxiliary head), chosen by config.model.decode_head.type.
     "crossformer_segmentation": "projects.segmentation.model:SegmentationModel",
-    "crossformer_retinanet": "projects.detection.model:RetinaNetModel",
+    "crossformer_retinanet": "projects.detection.retinanet:RetinaNetModel",
     "crossformer_mask_rcnn": "projects.detection.mask_rcnn:MaskRCNNModel",
 }
 # get_dataset(config) -> projects.common.dataset.Dataset(train_iter_fn, eval_iter_fn, meta_data).

@@ -1,4 +1,4 @@
-"""Tests of the RetinaNet network and its Scenic-style model wrapper (``projects/detection/model.py``)."""
+"""Tests of the RetinaNet network and its Scenic-style model wrapper (``projects/detection/retinanet.py``)."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from projects.detection.model import RetinaNetModel
+from projects.detection.retinanet import RetinaNetModel
 
 NUM_CLASSES = 3
 

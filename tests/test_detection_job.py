@@ -18,7 +18,7 @@ from projects.common import sharding
 from projects.detection import train
 from projects.detection import visualize
 from projects.detection.data import make_synthetic_coco
-from projects.detection.model import RetinaNetModel
+from projects.detection.retinanet import RetinaNetModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Shared by the two tiny runs so that the second one finds its programs in the compilation cache.

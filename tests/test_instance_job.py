@@ -18,7 +18,7 @@ from projects.detection import train
 from projects.detection import visualize
 from projects.detection.data import make_synthetic_coco
 from projects.detection.mask_rcnn import MaskRCNNModel
-from projects.detection.model import RetinaNetModel
+from projects.detection.retinanet import RetinaNetModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

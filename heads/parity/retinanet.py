@@ -1,6 +1,6 @@
 """Fixture runner for RetinaNet (kind ``retinanet``).
 
-Builds ``projects.detection.model.RetinaNetModel`` from the fixture's ``mm_config`` through
+Builds ``projects.detection.retinanet.RetinaNetModel`` from the fixture's ``mm_config`` through
 ``heads.official.model_config_from_mm``, with the recorded pyramid standing in for the backbone, converts
 ``sd/`` with the checkpoint converter's mapping and compares: neck levels, head outputs, anchors, valid flags,
 the assignment, targets, losses (per level, total, avg_factor, without the tiny gt), the per-level candidates
@@ -24,7 +24,7 @@ from heads.detection.anchors import anchor_inside_flags
 from heads.detection.retinanet_postprocess import TestConfig, level_candidates, retinanet_detections
 from heads.parity import common
 from heads.parity.report import BOX_TOL, SCORE_TOL
-from projects.detection.model import RetinaNetModel
+from projects.detection.retinanet import RetinaNetModel
 
 # Stored detection lists -> post-processing version.
 DET_VERSIONS = {"det": "mmdet3", "det_mmdet2": "mmdet2"}

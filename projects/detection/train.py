@@ -30,9 +30,9 @@ from projects import registry
 from projects.common import trainer
 from projects.common.base_model import BaseModel
 from projects.detection import visualize
-from projects.detection.evaluation import CocoEvaluator
+from projects.detection.coco_evaluator import CocoEvaluator
 from projects.detection.mask_rcnn import MaskRCNNModel
-from projects.detection.model import RetinaNetModel
+from projects.detection.retinanet import RetinaNetModel
 
 RESULTS_FILE = "eval_results.json"
 PNG_FILE = "detections.png"
