@@ -20,10 +20,13 @@ MODELS: Dict[str, str] = {
     "crossformer_retinanet": "projects.detection.retinanet:RetinaNetModel",
     "crossformer_mask_rcnn": "projects.detection.mask_rcnn:MaskRCNNModel",
 }
-# get_dataset(config) -> projects.common.dataset.Dataset(train_iter_fn, eval_iter_fn, meta_data).
+# get_dataset(config) -> projects.common.dataset.Dataset(train_iter_fn, eval_iter_fn, meta_data). The
+# segmentation pipeline reads config.dataset_name itself to pick the tfds builder (its datasets.DATASETS).
 DATASETS: Dict[str, str] = {
     "ade20k": "projects.segmentation.data.pipeline:get_dataset",
-    "coco": "projects.detection.data.input_pipeline:get_dataset",
+    "cityscapes": "projects.segmentation.data.pipeline:get_dataset",
+    "segmentation_folder": "projects.segmentation.data.pipeline:get_dataset",  # your own images and masks
+    "coco": "projects.detection.data.input_pipeline:get_dataset",  # COCO-format: official zips or any tree
 }
 TRAINERS: Dict[str, str] = {
     "crossformer_trainer": "projects.common.trainer:train_and_evaluate",
