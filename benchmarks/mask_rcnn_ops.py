@@ -29,6 +29,7 @@ from heads.detection.box_coder import DeltaXYWHBBoxCoder  # noqa: E402  pylint: 
 from heads.detection.mask_ops import paste_masks  # noqa: E402  pylint: disable=g-import-not-at-top
 from heads.detection.proposals import ProposalConfig, image_proposals  # noqa: E402  pylint: disable=g-import-not-at-top
 from heads.detection.rcnn_postprocess import RCNNTestConfig, rcnn_detections  # noqa: E402  pylint: disable=g-import-not-at-top
+from heads.detection.versions import VERSIONS  # noqa: E402  pylint: disable=g-import-not-at-top
 from heads.detection.roi_align import roi_align, roi_levels  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
@@ -90,7 +91,7 @@ def main() -> None:
   anchors = generator.grid_anchors(sizes)
   logits = [jnp.asarray(rng.standard_normal(a.shape[0], np.float32)) for a in anchors]
   deltas = [jnp.asarray(0.1 * rng.standard_normal((a.shape[0], 4)).astype(np.float32)) for a in anchors]
-  for version in ("mmdet2", "mmdet3"):
+  for version in VERSIONS:
     cfg = ProposalConfig(nms_pre=1000, max_per_img=args.rois, version=version)
     fn = jax.jit(lambda l, d, cfg=cfg: image_proposals(l, d, anchors, jnp.asarray([h, w]),
                                                        DeltaXYWHBBoxCoder(), cfg))

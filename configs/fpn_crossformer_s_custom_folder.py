@@ -27,8 +27,8 @@ def get_config():
   config.num_training_steps = 20_000
   config.batch_size = config.eval_batch_size = 8
   config.log_eval_steps = config.checkpoint_steps = 2000
-  config.dataset = segmentation_base.dataset_config(name="segmentation_folder",
-                                                    num_classes=config_dict.placeholder(int))
+  config.dataset_name = "segmentation_folder"  # projects.registry
+  config.dataset = segmentation_base.dataset_config(num_classes=config_dict.placeholder(int))
   # No released checkpoint of this recipe.
   config.official_checkpoint = config_dict.placeholder(str)
   config.official_checkpoint_url = config_dict.placeholder(str)

@@ -4,7 +4,7 @@
 (``configs/fpn_crossformer_s_ade20k.py``, ...) are one-line ``get_config()`` wrappers and the tiny job
 (``configs/tiny_ade20k.py``) shrinks one. Trainer / optimizer keys come from ``configs.common``, model keys
 are those of ``projects.segmentation.models.encoder_decoder.SegmentationModel``, dataset keys those of
-``projects.segmentation.data.get_dataset``.
+``projects.segmentation.data.pipeline.get_dataset``; ``config.dataset_name`` names the dataset.
 
 Recipes:
 * Semantic FPN (``fpn_crossformer_*_ade20k_40k.py``, 80k iterations despite the name): FPN neck 256 x 4,
@@ -63,7 +63,6 @@ FPN_V1_GROUPS = {"s": ((14, 14, 7, 7), (16, 8, 2, 1)), "l": ((14, 14, 7, 7), (16
 
 # The official mmseg ADE20K pipeline, as plain values (``projects.segmentation.data.pipeline`` reads them).
 DATASET_DEFAULTS = dict(
-    name="ade20k_challenge",
     data_dir=None,  # the tfds data dir (None: tfds's default); --config.dataset.data_dir=DIR
     num_classes=NUM_CLASSES,
     scale=(2048, 512),  # train Resize, ratio_range x

@@ -1,4 +1,4 @@
-"""UPerNet + CrossFormer-S on Cityscapes (``cityscapes_train_ids``: 19 classes), mmseg's 512 x 1024 recipe.
+"""UPerNet + CrossFormer-S on Cityscapes (``dataset_name="cityscapes"``: 19 classes), mmseg's 512 x 1024 recipe.
 
 Data as mmseg's ``configs/_base_/datasets/cityscapes.py``: train Resize (2048, 1024) ratio 0.5-2.0, random
 crop 512 x 1024 (cat_max_ratio 0.75), flip 0.5, photometric distortion, pad to 512 x 1024; test Resize
@@ -28,8 +28,9 @@ def get_config():
   config.num_training_steps = 80_000
   config.batch_size = config.eval_batch_size = 8
   config.log_eval_steps = config.checkpoint_steps = 8000
+  config.dataset_name = "cityscapes"  # projects.registry
   config.dataset = segmentation_base.dataset_config(
-      name="cityscapes_train_ids", num_classes=19, scale=(2048, 1024), ratio_range=(0.5, 2.0),
+      num_classes=19, scale=(2048, 1024), ratio_range=(0.5, 2.0),
       crop_size=CROP_SIZE, cat_max_ratio=0.75, eval_scale=(2048, 1024),
       eval_buckets=((1024, 2048), (2048, 1024)))  # every Cityscapes frame is 1024 x 2048
   config.inference = ml_collections.ConfigDict(dict(mode="slide", crop_size=(1024, 1024), stride=(768, 768),

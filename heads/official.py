@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from backbones.crossformer import convert as backbone_convert
-from heads.detection import mask_rcnn_convert
+from heads.detection import mask_rcnn_convert, versions
 
 Path = Tuple[str, ...]
 # (collection, path inside it, value) for a key that is used; None for a key that is dropped on purpose.
@@ -166,7 +166,7 @@ def retinanet_config(head: Mapping[str, Any], train_cfg: Optional[Mapping[str, A
                               iou_threshold=float(nms.get("iou_threshold", 0.5)),
                               max_per_img=int(test_cfg.get("max_per_img", 100)),
                               min_bbox_size=float(test_cfg.get("min_bbox_size", 0.0)),
-                              version="mmdet2")
+                              version=versions.MMDET2)
   return config
 
 

@@ -27,15 +27,20 @@ from typing import Any, Callable, Dict, Type
 MODELS: Dict[str, Type[Any]] = {}
 _DECLARATIONS_IMPORTED = False
 
-# get_dataset(config) -> projects.common.dataset.Dataset(train_iter_fn, eval_iter_fn, meta_data).
+# get_dataset(config) -> projects.common.dataset.Dataset(train_iter_fn, eval_iter_fn, meta_data). The
+# segmentation pipeline reads config.dataset_name itself to pick the tfds builder (its datasets.DATASETS).
 DATASETS: Dict[str, str] = {
     "ade20k": "projects.segmentation.data.pipeline:get_dataset",
-    "coco": "projects.detection.data.input_pipeline:get_dataset",
+    "cityscapes": "projects.segmentation.data.pipeline:get_dataset",
+    "segmentation_folder": "projects.segmentation.data.pipeline:get_dataset",  # your own images and masks
+    "coco": "projects.detection.data.input_pipeline:get_dataset",  # COCO-format: official zips or any tree
 }
 # dataset_name -> "module:function": ``dataset_meta(config)`` -> ``{"num_classes", "class_names", ...}`` or
 # None: the facts a restored or converted model needs about its dataset without reading the data.
 DATASET_META: Dict[str, str] = {
     "ade20k": "projects.segmentation.data.ade20k_classes:dataset_meta",
+    "cityscapes": "projects.segmentation.data.datasets:dataset_meta",
+    "segmentation_folder": "projects.segmentation.data.datasets:dataset_meta",
     "coco": "projects.detection.data.coco_classes:dataset_meta",
 }
 TRAINERS: Dict[str, str] = {

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from projects.detection import evaluation
+from projects.detection import coco_evaluator
 from projects.detection import visualize
 from projects.detection.data import make_synthetic_coco
 from backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD
@@ -65,12 +65,12 @@ def _evaluate(evaluator, batches):
 
 def test_perfect_detections_score_ap_one(val_json, tmp_path):
   path, coco = val_json
-  evaluator = evaluation.CocoEvaluator(path, CATEGORY_IDS, lambda outputs, batch: outputs, str(tmp_path))
+  evaluator = coco_evaluator.CocoEvaluator(path, CATEGORY_IDS, lambda outputs, batch: outputs, str(tmp_path))
   results = _evaluate(evaluator, _batches(coco, _ground_truth(coco)))
   for name in ("AP", "AP50", "AP75"):
     assert results[name] == pytest.approx(1.0), (name, results)
-  assert set(evaluation.METRIC_NAMES) <= set(results)
-  written = json.load(open(os.path.join(str(tmp_path), evaluation.RESULTS_FILE)))
+  assert set(coco_evaluator.METRIC_NAMES) <= set(results)
+  written = json.load(open(os.path.join(str(tmp_path), coco_evaluator.RESULTS_FILE)))
   num_gt = sum(not a["iscrowd"] for a in coco["annotations"])
   assert len(written) == num_gt == results["num_detections"]  # filler detections were skipped
   assert {d["category_id"] for d in written} <= set(CATEGORY_IDS)
@@ -82,18 +82,18 @@ def test_perfect_detections_score_ap_one(val_json, tmp_path):
 
 def test_wrong_category_mapping_and_no_detections_score_zero(val_json, tmp_path):
   path, coco = val_json
-  evaluator = evaluation.CocoEvaluator(path, CATEGORY_IDS[::-1], lambda outputs, batch: outputs,
+  evaluator = coco_evaluator.CocoEvaluator(path, CATEGORY_IDS[::-1], lambda outputs, batch: outputs,
                                        str(tmp_path))
   results = _evaluate(evaluator, _batches(coco, _ground_truth(coco)))
   assert results["AP"] < 0.5  # labels mapped to the wrong ids: red and blue swap, only green discs match
   empty = _evaluate(evaluator, _batches(coco, lambda i: (np.zeros((0, 4), np.float32), [])))
   assert empty["AP"] == 0.0 and empty["AP50"] == 0.0 and empty["num_detections"] == 0
-  assert json.load(open(os.path.join(str(tmp_path), evaluation.RESULTS_FILE))) == []
+  assert json.load(open(os.path.join(str(tmp_path), coco_evaluator.RESULTS_FILE))) == []
 
 
 def test_evaluator_rejects_a_foreign_annotation_file(val_json):
   path, coco = val_json
-  evaluator = evaluation.CocoEvaluator(path, [3, 7, 99], lambda outputs, batch: outputs)
+  evaluator = coco_evaluator.CocoEvaluator(path, [3, 7, 99], lambda outputs, batch: outputs)
   with pytest.raises(ValueError, match=r"category ids \[99\]"):
     _evaluate(evaluator, _batches(coco, _ground_truth(coco)))
 

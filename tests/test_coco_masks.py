@@ -12,7 +12,7 @@ from projects.detection.data import coco_source
 from projects.detection.data import input_pipeline
 from projects.detection.data import make_synthetic_coco
 from projects.detection.data import prepare_coco
-from projects.detection.data import segmentation
+from projects.detection.data import rle
 
 IMAGE_SCALE = (160, 96)
 MAX_BOXES = 6
@@ -47,14 +47,14 @@ def test_polygon_rle_and_crowd_rle_decode_to_the_same_mask():
   runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[1], flat, [1 - flat[-1]]])))).tolist()
   runs = [0] + runs if flat[0] else runs  # COCO runs start with background
   crowd = {"segmentation": {"size": [height, width], "counts": runs}, "iscrowd": 1}
-  rle = {"segmentation": {"size": [height, width], "counts": compressed["counts"].decode()}}
-  for ann in (polygon, crowd, rle):
-    counts = segmentation.segmentation_to_rle(ann, height, width, "x.json: annotation id 1")
+  compressed_rle = {"segmentation": {"size": [height, width], "counts": compressed["counts"].decode()}}
+  for ann in (polygon, crowd, compressed_rle):
+    counts = rle.segmentation_to_rle(ann, height, width, "x.json: annotation id 1")
     assert isinstance(counts, str)
-    np.testing.assert_array_equal(segmentation.decode_masks([counts], height, width)[..., 0], mask)
-  assert segmentation.segmentation_to_rle({"segmentation": []}, height, width, "x") == ""
-  assert not segmentation.decode_masks([""], height, width).any()
-  encoded = segmentation.encode_masks(mask[None])
+    np.testing.assert_array_equal(rle.decode_masks([counts], height, width)[..., 0], mask)
+  assert rle.segmentation_to_rle({"segmentation": []}, height, width, "x") == ""
+  assert not rle.decode_masks([""], height, width).any()
+  encoded = rle.encode_masks(mask[None])
   assert json.loads(json.dumps(encoded)) == encoded  # JSON-ready: counts is a str
   np.testing.assert_array_equal(mask_util.decode({**encoded[0], "counts": encoded[0]["counts"].encode()}), mask)
 
@@ -67,7 +67,7 @@ def test_polygon_rle_and_crowd_rle_decode_to_the_same_mask():
 ])
 def test_malformed_segmentation_names_the_annotation(seg, pattern):
   with pytest.raises(ValueError, match=r"x\.json: annotation id 7 .*" + pattern):
-    segmentation.segmentation_to_rle({"segmentation": seg}, 12, 10, "x.json: annotation id 7")
+    rle.segmentation_to_rle({"segmentation": seg}, 12, 10, "x.json: annotation id 7")
 
 
 def test_builder_stores_every_instance_mask(coco_tree):
@@ -79,7 +79,7 @@ def test_builder_stores_every_instance_mask(coco_tree):
   for example in builder.as_data_source("train"):
     info = next(i for i in train_json["images"] if i["id"] == example["image/id"])
     objects = example["objects"]
-    decoded = segmentation.decode_masks(list(objects["segmentation"]), info["height"], info["width"])
+    decoded = rle.decode_masks(list(objects["segmentation"]), info["height"], info["width"])
     for k, ann_id in enumerate(objects["id"]):
       ann = next(a for a in train_json["annotations"] if a["id"] == ann_id)
       kinds.add(("crowd " if ann["iscrowd"] else "") + type(ann["segmentation"]).__name__)

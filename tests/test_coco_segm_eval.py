@@ -7,7 +7,7 @@ import numpy as np
 from pycocotools import mask as mask_util
 import pytest
 
-from projects.detection import evaluation
+from projects.detection import coco_evaluator
 from projects.detection import mask_paste
 
 CATEGORY_IDS = [3, 7]
@@ -89,13 +89,13 @@ def _evaluate(evaluator, processed):
 
 def test_perfect_masks_score_ap_one_and_write_rle(annotations, tmp_path):
   path, images, anns = annotations
-  evaluator = evaluation.CocoEvaluator(path, CATEGORY_IDS, lambda outputs, batch: outputs, str(tmp_path),
+  evaluator = coco_evaluator.CocoEvaluator(path, CATEGORY_IDS, lambda outputs, batch: outputs, str(tmp_path),
                                        iou_types=("bbox", "segm"))
   results = _evaluate(evaluator, _processed(images, anns))
   for name in ("AP", "AP50", "AP75", "mask_AP", "mask_AP50", "mask_AP75"):
     assert results[name] == pytest.approx(1.0), (name, results)
-  assert set(evaluation.MASK_METRIC_NAMES) <= set(results)
-  written = json.load(open(os.path.join(str(tmp_path), evaluation.SEGM_RESULTS_FILE)))
+  assert set(coco_evaluator.MASK_METRIC_NAMES) <= set(results)
+  written = json.load(open(os.path.join(str(tmp_path), coco_evaluator.SEGM_RESULTS_FILE)))
   assert len(written) == results["num_masks"] == 4  # the crowd and the filler row give none
   by_image = {image["id"]: image for image in images}
   for entry in written:  # RLE at the original size of its image, equal to the ground truth
@@ -110,11 +110,11 @@ def test_perfect_masks_score_ap_one_and_write_rle(annotations, tmp_path):
 
 def test_empty_or_shifted_masks_score_low(annotations, tmp_path):
   path, images, anns = annotations
-  evaluator = evaluation.CocoEvaluator(path, CATEGORY_IDS, lambda outputs, batch: outputs, str(tmp_path),
+  evaluator = coco_evaluator.CocoEvaluator(path, CATEGORY_IDS, lambda outputs, batch: outputs, str(tmp_path),
                                        iou_types=("bbox", "segm"))
   empty = _evaluate(evaluator, _processed(images, anns, perfect=False))
   assert empty["mask_AP"] == 0.0 and empty["AP"] == 0.0 and empty["num_masks"] == 0
-  assert json.load(open(os.path.join(str(tmp_path), evaluation.SEGM_RESULTS_FILE))) == []
+  assert json.load(open(os.path.join(str(tmp_path), coco_evaluator.SEGM_RESULTS_FILE))) == []
   shifted = _processed(images, anns)
   shifted["mask_probs"] = np.roll(shifted["mask_probs"], SIDE // 2, axis=-1)  # right boxes, wrong masks
   results = _evaluate(evaluator, shifted)
@@ -122,13 +122,13 @@ def test_empty_or_shifted_masks_score_low(annotations, tmp_path):
 
 
 def test_segm_needs_mask_probs(annotations):
-  evaluator = evaluation.CocoEvaluator(annotations[0], CATEGORY_IDS, lambda outputs, batch: outputs,
+  evaluator = coco_evaluator.CocoEvaluator(annotations[0], CATEGORY_IDS, lambda outputs, batch: outputs,
                                        iou_types=("bbox", "segm"))
   with pytest.raises(ValueError, match="mask_probs"):
     evaluator.process_fn({"boxes": 0, "scores": 0, "labels": 0, "valid": 0},
                          {"label": {"image/id": 0, "orig_size": 0}, "batch_mask": 0})
   with pytest.raises(ValueError, match="iou_types"):
-    evaluation.CocoEvaluator(annotations[0], CATEGORY_IDS, None, iou_types=("segm",))
+    coco_evaluator.CocoEvaluator(annotations[0], CATEGORY_IDS, None, iou_types=("segm",))
 
 
 def _grid_sample_paste(probs, box, shape, threshold=0.5):

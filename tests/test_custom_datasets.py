@@ -11,7 +11,9 @@ from PIL import Image
 import pytest
 import tensorflow as tf
 
+from projects import registry
 from projects.common import config_utils
+from projects.common import guards
 from projects.segmentation import train
 from projects.segmentation.data import datasets
 from projects.segmentation.data import folder_builders
@@ -45,10 +47,11 @@ def cityscapes_data(tmp_path_factory):
 
 
 def _config(data_dir, name, batch_size=2, **dataset):
-  settings = dict(name=name, num_classes=None, data_dir=data_dir, scale=(128, 32), crop_size=(32, 32),
+  settings = dict(num_classes=None, data_dir=data_dir, scale=(128, 32), crop_size=(32, 32),
                   eval_scale=(128, 32), shuffle_buffer_size=4)
   settings.update(dataset)
-  return ml_collections.ConfigDict(dict(rng_seed=0, batch_size=batch_size, eval_batch_size=2, dataset=settings))
+  return ml_collections.ConfigDict(dict(dataset_name=name, rng_seed=0, batch_size=batch_size, eval_batch_size=2,
+                                        dataset=settings))
 
 
 def _masks(split_dir, suffix):
@@ -91,7 +94,7 @@ def test_label_codes_map_ignore_and_classes():
   raw = tf.constant([[0, 1, 200], [7, 200, 3]], tf.uint8)
   codes = datasets.label_codes(raw, datasets.DATASETS["segmentation_folder"], 200)
   np.testing.assert_array_equal(transforms.reduce_zero_label(codes), [[0, 1, -1], [7, -1, 3]])
-  ade = datasets.label_codes(raw, datasets.DATASETS["ade20k_challenge"], 0)
+  ade = datasets.label_codes(raw, datasets.DATASETS["ade20k"], 0)
   np.testing.assert_array_equal(transforms.reduce_zero_label(ade), [[-1, 0, 199], [6, 199, 2]])
   with pytest.raises(ValueError, match="not a segmentation dataset; known"):
     datasets.get("pascal_voc")
@@ -114,6 +117,28 @@ def test_custom_folder_batches(folder_data):
     pipeline.get_dataset(_config(data_dir, "segmentation_folder", num_classes=5))
   with pytest.raises(FileNotFoundError, match="prepare_folder --dataset segmentation_folder"):
     pipeline.get_dataset(_config(str(manual / "nothing"), "segmentation_folder"))
+
+
+def test_every_segmentation_dataset_is_registered_under_its_own_name():
+  for name in datasets.DATASETS:
+    assert registry.get_dataset_fn(name) is pipeline.get_dataset
+  # An earlier run's tfds builder names map onto today's table.
+  assert {datasets.DATASETS[n].builder_class.name: n for n in datasets.DATASETS} == guards.LEGACY_DATASET_NAMES
+
+
+def test_an_earlier_runs_dataset_name_layout_still_reads(folder_data):
+  """config.json of earlier runs: dataset_name "ade20k" for every dataset, the real one in dataset.name."""
+  _, data_dir = folder_data
+  legacy = _config(data_dir, "ade20k")
+  with legacy.unlocked():
+    legacy.dataset.name = "segmentation_folder"
+  assert pipeline.get_dataset(legacy).meta_data["class_names"] == synthetic.FOLDER_CLASS_NAMES
+  with legacy.unlocked():
+    legacy.dataset_name = "cityscapes"
+  with pytest.raises(ValueError, match=r"^config.dataset.name='segmentation_folder' \(with dataset_name="
+                     r"'cityscapes'\) is no longer read: set dataset_name to one of \['ade20k', 'cityscapes', "
+                     r"'segmentation_folder'\] and remove dataset.name$"):
+    pipeline.get_dataset(legacy)
 
 
 def test_cityscapes_through_its_config(cityscapes_data):
@@ -149,7 +174,8 @@ def test_cityscapes_through_its_config(cityscapes_data):
 def test_custom_folder_config():
   config = config_utils.load_config(str(REPO / "configs" / "fpn_crossformer_s_custom_folder.py"),
                                     {"dataset.data_dir": "/data/tfds", "dataset.num_classes": 4})
-  assert config.dataset.name == "segmentation_folder" and config.dataset.num_classes == 4
+  assert config.dataset_name == "segmentation_folder" and "name" not in config.dataset
+  assert config.dataset.num_classes == 4
   assert config.model.decode_head.type == "semantic_fpn" and config.model.backbone.name == "crossformer_s"
   default = config_utils.load_config(str(REPO / "configs" / "fpn_crossformer_s_custom_folder.py"))
   assert default.dataset.num_classes is None  # the dataset's

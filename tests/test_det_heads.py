@@ -12,7 +12,10 @@ from heads.detection.anchors import AnchorGenerator, anchor_inside_flags, padded
 from heads.detection.assigner import MaxIoUAssigner
 from heads.detection.box_coder import DeltaXYWHBBoxCoder
 from heads.detection.nms import batched_nms
+from heads.detection.proposals import ProposalConfig
 from heads.detection.retinanet_head import RetinaHead
+from heads.detection.retinanet_postprocess import TestConfig
+from heads.detection.versions import DEFAULT_VERSION, VERSIONS
 
 
 def random_boxes(rng: np.random.Generator, n: int, size: float = 100.0) -> np.ndarray:
@@ -245,3 +248,16 @@ def test_retina_head_shapes_shared_weights_and_init():
   # A zero map gives exactly the prior probability everywhere.
   zero_cls, _ = head.apply(variables, [jnp.zeros((1, 2, 2, 8))])
   np.testing.assert_allclose(jax.nn.sigmoid(zero_cls[0]), 0.01, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- versions
+
+
+def test_post_processing_versions_share_one_default_and_reject_unknown_names():
+  # RetinaNet's test_cfg and the Mask R-CNN RPN default to the same (official, mmdetection 2.8) selection.
+  assert VERSIONS == ("mmdet2", "mmdet3") and DEFAULT_VERSION == "mmdet2"
+  assert TestConfig().version == ProposalConfig().version == DEFAULT_VERSION
+  with pytest.raises(ValueError, match=r"^test_cfg.version must be one of \('mmdet2', 'mmdet3'\), got 'mmdet4'$"):
+    TestConfig(version="mmdet4")
+  with pytest.raises(ValueError, match=r"^proposal version must be one of .*, got 'v3'$"):
+    ProposalConfig(version="v3")

@@ -5,6 +5,7 @@ import os
 
 from absl import flags
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -70,6 +71,23 @@ def test_config_differences_ignore_logging_and_flag_model_changes():
                                                                                     "group_sizes": [7, 7]}}}
   assert guards.config_differences(stored, new) == {"model.backbone.lda_mode": ("v1", "main"),
                                                     "num_training_steps": (4, 8)}
+
+
+def test_an_earlier_runs_config_json_resumes_under_todays_dataset_names(tmp_path):
+  """Earlier runs stored dataset_name "ade20k" and the real dataset (tfds builder) in dataset.name."""
+  os.makedirs(tmp_path / "checkpoints" / "4")
+  stored = {"dataset_name": "ade20k", "dataset": {"name": "cityscapes_train_ids", "crop_size": [512, 1024]}}
+  (tmp_path / "config.json").write_text(json.dumps(stored))
+  today = ml_collections.ConfigDict({"dataset_name": "cityscapes", "dataset": {"crop_size": (512, 1024)}})
+  guards.check_resume_config(str(tmp_path), today)  # the same run: resumes
+  other = ml_collections.ConfigDict({"dataset_name": "ade20k", "dataset": {"crop_size": (512, 1024)}})
+  with pytest.raises(guards.ConfigMismatchError, match=r"dataset_name: 'cityscapes' -> 'ade20k'"):
+    guards.check_resume_config(str(tmp_path), other)
+  stored["dataset"]["name"] = "pascal_voc"
+  (tmp_path / "config.json").write_text(json.dumps(stored))
+  with pytest.raises(guards.ConfigMismatchError, match=r"config.json: config.dataset.name='pascal_voc' .* set "
+                     "dataset_name to one of"):
+    guards.check_resume_config(str(tmp_path), today)
 
 
 def _corrupt_data_file(step_dir):

@@ -1,19 +1,38 @@
 """Mask R-CNN: mmdet parity on the shared fixture, official checkpoint layout, and focused unit tests."""
 
 import json
+from typing import Any, Dict, Mapping
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from heads import official
 from heads.detection.mask_ops import mask_targets, paste_masks
 from heads.detection.roi_align import roi_align, roi_align_dense, roi_levels
 from heads.detection.sampler import SamplerConfig, random_sample
 from tests.conftest import REPO_ROOT
 
 HEAD_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "heads"
+
+
+def convert_official_mask_rcnn(state_dict: Mapping[str, Any], network: Any) -> Dict[str, Any]:
+  """A whole official Mask R-CNN state dict (``backbone.*``, ``neck.*``, ``rpn_head.*``, ``roi_head.*``) converted
+  with ``heads.official``'s key mapping for ``network`` (a ``MaskRCNN``), checked against the whole network
+  (``bbox_head`` / ``mask_head`` included, which mmdet nests under ``roi_head``): raises ``ValueError`` naming
+  what is unexpected, mis-shaped or missing."""
+  expected = jax.eval_shape(network.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+  variables, _ = official.convert_state_dict(state_dict, expected, prefixes=("backbone", "neck", "rpn_head",
+                                                                               "roi_head"))
+  ours = flax.traverse_util.flatten_dict(variables.get("params", {}))
+  missing = ["/".join(p) for p in flax.traverse_util.flatten_dict(expected["params"]) if p not in ours]
+  if missing:
+    raise ValueError(f"the checkpoint does not fit the model: {len(missing)} parameters missing from it: "
+                     + ", ".join(missing[:20]))
+  return variables
 
 
 def _fixture(name):
@@ -41,7 +60,6 @@ def test_parity_runner_passes_on_the_fixture():
 
 def test_official_checkpoint_converts_whole():
   from projects.detection.models.mask_rcnn import MaskRCNNModel  # pylint: disable=import-outside-toplevel
-  from projects.detection.mask_rcnn_checkpoint import convert_official_mask_rcnn  # pylint: disable=import-outside-toplevel
   layout = json.loads(_fixture("keys_mask_rcnn_crossformer_s.json").read_text())
   rng = np.random.default_rng(0)
   state_dict = {k["key"]: rng.standard_normal(k["shape"], np.float32) for k in layout["keys"]}

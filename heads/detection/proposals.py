@@ -14,8 +14,7 @@ import jax.numpy as jnp
 
 from heads.detection.box_coder import DeltaXYWHBBoxCoder
 from heads.detection.nms import batched_nms
-
-VERSIONS = ("mmdet2", "mmdet3")
+from heads.detection.versions import DEFAULT_VERSION, MMDET3, check_version
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,17 +27,16 @@ class ProposalConfig:
     iou_threshold: NMS IoU threshold (suppress above it).
     min_bbox_size: mmdet 3.x keeps boxes with ``w > min_bbox_size`` and ``h > min_bbox_size`` (so 0 drops
       zero-size boxes); mmdet 2.x filters only when ``min_bbox_size > 0``, keeping ``w, h >= min_bbox_size``.
-    version: ``"mmdet2"`` (official: no zero-size filter when ``min_bbox_size == 0``) or ``"mmdet3"``.
+    version: ``"mmdet2"`` (official, the default: no zero-size filter when ``min_bbox_size == 0``) or ``"mmdet3"``.
   """
   nms_pre: int = 1000
   max_per_img: int = 1000
   iou_threshold: float = 0.7
   min_bbox_size: float = 0.0
-  version: str = "mmdet2"
+  version: str = DEFAULT_VERSION
 
   def __post_init__(self):
-    if self.version not in VERSIONS:
-      raise ValueError(f"proposal version must be one of {VERSIONS}, got {self.version!r}")
+    check_version(self.version, "proposal version")
     if self.nms_pre < 1 or self.max_per_img < 1:
       raise ValueError(f"nms_pre and max_per_img must be >= 1, got {self.nms_pre} and {self.max_per_img}")
 
@@ -75,7 +73,7 @@ def image_proposals(logits: Sequence[jnp.ndarray], deltas: Sequence[jnp.ndarray]
   boxes = cand["boxes"]
   w = boxes[:, 2] - boxes[:, 0]
   h = boxes[:, 3] - boxes[:, 1]
-  if cfg.version == "mmdet3":
+  if cfg.version == MMDET3:
     valid = (w > cfg.min_bbox_size) & (h > cfg.min_bbox_size)
   elif cfg.min_bbox_size > 0:
     valid = (w >= cfg.min_bbox_size) & (h >= cfg.min_bbox_size)

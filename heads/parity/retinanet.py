@@ -21,10 +21,10 @@ import numpy as np
 from heads import official
 from heads.detection import losses
 from heads.detection.anchors import anchor_inside_flags
+from heads.detection.retinanet_postprocess import TestConfig, level_candidates, retinanet_detections
 from heads.parity import common
 from heads.parity.report import BOX_TOL, SCORE_TOL
 from projects.detection.models.retinanet import RetinaNetModel
-from projects.detection.postprocess import TestConfig, level_candidates, retinanet_detections
 
 # Stored detection lists -> post-processing version.
 DET_VERSIONS = {"det": "mmdet3", "det_mmdet2": "mmdet2"}

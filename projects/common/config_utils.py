@@ -172,11 +172,6 @@ def write_json(path: str, obj: Any) -> str:
   return path
 
 
-def config_to_dict(config: ml_collections.ConfigDict) -> dict:
-  """A JSON round-trip of ``config`` into plain Python containers."""
-  return json.loads(config.to_json_best_effort())
-
-
 def enable_compilation_cache(jax_module: Any) -> str:
   """Turns on JAX's persistent compilation cache for a job: ``$JAX_COMPILATION_CACHE_DIR``, else
   ``~/.cache/crossformer_jax/xla``; a rerun or a resumed job then skips recompiling its shape buckets."""

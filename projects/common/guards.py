@@ -7,7 +7,8 @@
 * ``check_resume_config(workdir, config)`` compares the ``config.json`` of a workdir that holds checkpoints
   with the new config *before* anything is written: differing model keys are refused; harmless keys (number
   of steps, schedule, logging, ...) are refused too unless ``config.allow_config_change`` (``--allow_config_change``)
-  is set; keys without effect on the results (logging, progress bar, paths) are ignored.
+  is set; keys without effect on the results (logging, progress bar, paths) are ignored. Both configs are
+  read in today's layout first (``upgrade_legacy_config``), so an earlier run's ``config.json`` resumes.
 
 Every error here derives from ``JobError``: a user-facing, one-message failure (``config_utils.job_main``
 prints it without a traceback and exits with status 1).
@@ -34,6 +35,12 @@ CHANGEABLE_KEYS = ("num_training_steps", "num_training_epochs", "lr_configs.", "
 ADVICE = ("lower the learning rate (--config.lr_configs.base_learning_rate), compute in float32 instead of "
           "bfloat16 (--config.model.dtype=float32), or clip gradients "
           "(--config.optimizer_configs.grad_clip.clip_value=1.0)")
+
+
+# Earlier runs named every segmentation dataset "ade20k" in ``dataset_name`` and the real one by its tfds builder
+# in ``dataset.name``; ``dataset_name`` alone names it now (``projects.registry``): tfds builder -> dataset_name.
+LEGACY_DATASET_NAMES = {"ade20k_challenge": "ade20k", "cityscapes_train_ids": "cityscapes",
+                        "segmentation_folder": "segmentation_folder"}
 
 
 class JobError(RuntimeError):
@@ -135,6 +142,21 @@ def _is_nan(value: Any) -> bool:
   return isinstance(value, float) and math.isnan(value)
 
 
+def upgrade_legacy_config(config: Mapping[str, Any]) -> Dict[str, Any]:
+  """``config`` (plain containers, e.g. an earlier run's ``config.json``) in today's layout: a segmentation
+  ``dataset.name`` (tfds builder) becomes ``dataset_name``; raises a one-line ``ValueError`` saying what to
+  change when the two disagree or the builder is unknown."""
+  dataset = config.get("dataset")
+  if not isinstance(dataset, Mapping) or "name" not in dataset:
+    return dict(config)
+  builder, given = dataset["name"], config.get("dataset_name")
+  name = LEGACY_DATASET_NAMES.get(builder)
+  if name is None or given not in (None, "", "ade20k", name):
+    raise ValueError(f"config.dataset.name={builder!r} (with dataset_name={given!r}) is no longer read: set "
+                     f"dataset_name to one of {sorted(set(LEGACY_DATASET_NAMES.values()))} and remove dataset.name")
+  return {**config, "dataset_name": name, "dataset": {k: v for k, v in dataset.items() if k != "name"}}
+
+
 def has_checkpoint(workdir: str) -> bool:
   """Whether ``workdir/checkpoints`` holds a finished checkpoint step directory."""
   directory = os.path.join(workdir, "checkpoints")
@@ -154,7 +176,11 @@ def check_resume_config(workdir: str, config: Any) -> None:
     raise ConfigMismatchError(f"cannot read {path} to check that resuming {workdir} is safe ({e}); restore "
                               "it or use a new --workdir") from None
   new = json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
-  diffs = config_differences(stored, new)
+  try:
+    stored = upgrade_legacy_config(stored)
+  except ValueError as e:
+    raise ConfigMismatchError(f"{path}: {e}") from None
+  diffs = config_differences(stored, upgrade_legacy_config(new))
   if not diffs:
     return
   allow = bool(new.get("allow_config_change", False))

@@ -6,7 +6,7 @@
 The validation images go through the job's eval pipeline (keep-ratio resize to ``config.dataset.image_scale``,
 padding into the aspect-ratio buckets), the model's post-processing (``config.model.test_cfg``) returns boxes
 divided by each image's resize factors, i.e. in ORIGINAL image pixels, and pycocotools' ``COCOeval`` scores
-them against the original annotation file (``projects.detection.evaluation.CocoEvaluator``).
+them against the original annotation file (``projects.detection.coco_evaluator.CocoEvaluator``).
 ``--checkpoint``: a training workdir (``--config`` then defaults to its ``config.json``), a converted model file
 or an official ``.pth``/``.npz``. With ``--output_dir`` it writes ``eval_results.json`` and
 ``coco_bbox_detections.json`` there.
@@ -28,7 +28,7 @@ from projects.common import restore
 from projects.common import sharding
 from projects.common import trainer
 from projects.detection import train
-from projects.detection.evaluation import CocoEvaluator
+from projects.detection.coco_evaluator import CocoEvaluator
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

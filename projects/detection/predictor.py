@@ -44,7 +44,7 @@ class Detections:
 
   def to_coco(self, image_id: int = 0) -> List[Dict[str, Any]]:
     """COCO results entries (``bbox`` = [x, y, w, h], ``score``, ``category_id``, ``image_id``)."""
-    from projects.detection.evaluation import detections_to_coco  # pylint: disable=g-import-not-at-top
+    from projects.detection.coco_evaluator import detections_to_coco  # pylint: disable=g-import-not-at-top
     ids = [int(c) for c in self.category_ids]
     return detections_to_coco(self.boxes, self.scores, np.arange(len(ids)), image_id, ids)
 

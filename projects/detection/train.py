@@ -28,7 +28,7 @@ from projects.common import sharding
 from projects import registry
 from projects.common import trainer
 from projects.detection import visualize
-from projects.detection.evaluation import CocoEvaluator
+from projects.detection.coco_evaluator import CocoEvaluator
 from projects.detection.detector import Detector
 
 RESULTS_FILE = "eval_results.json"

@@ -175,8 +175,8 @@ def ensure_synthetic_data(config: ml_collections.ConfigDict, workdir: str) -> ml
 
 
 def build_dataset(config: ml_collections.ConfigDict) -> Any:
-  """The ``Dataset`` registered as ``config.dataset_name`` (default ``ade20k``: ``pipeline.get_dataset``, which serves
-  every segmentation dataset of ``config.dataset.name``)."""
+  """The ``Dataset`` registered as ``config.dataset_name`` (default ``ade20k``; ``pipeline.get_dataset`` serves
+  ``ade20k``, ``cityscapes`` and ``segmentation_folder``)."""
   return registry.get_dataset_fn(config.get("dataset_name") or "ade20k")(config)
 
 

@@ -1,7 +1,7 @@
 """Pictures of segmentation results: rows of ``image | ground truth | prediction`` saved as one PNG."""
 
 import os
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -67,13 +67,6 @@ def save_png(path: str, panel: np.ndarray) -> str:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   Image.fromarray(np.asarray(panel, np.uint8)).save(path)
   return path
-
-
-def class_legend(class_ids: Sequence[int], class_names: Sequence[str],
-                 colors: Optional[np.ndarray] = None) -> Tuple[Tuple[str, Tuple[int, int, int]], ...]:
-  """``(name, rgb)`` of ``class_ids`` (e.g. the classes present in a panel), for captions."""
-  colors = palette(len(class_names)) if colors is None else colors
-  return tuple((class_names[c], tuple(int(v) for v in colors[c])) for c in class_ids)
 
 
 def overlay_with_legend(image: np.ndarray, label: np.ndarray, class_names: Sequence[str],

@@ -15,7 +15,7 @@ subset or a custom dataset. This builder reads, from the manual dir::
   ``is_crowd``, ``area`` (the annotation's area, float), ``id`` (the annotation id), and (version >= 1.1.0)
   ``segmentation``: the instance mask as the counts string of its compressed COCO RLE at the original image
   size (polygons, uncompressed and compressed RLE, ``iscrowd`` regions included; "" when the annotation has
-  none; ``segmentation.py``).
+  none; ``rle.py``).
 
 Versions: 1.0.0 has no ``segmentation``; 1.1.0 adds it (a few hundred bytes per instance, small beside the images).
 Both read the same way; a detection job can still use a 1.0.0 build, a mask job needs 1.1.0
@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from projects.detection.data import segmentation as segmentation_lib
+from projects.detection.data import rle
 
 # (split name, image folder, annotation file); relative paths are relative to the manual dir.
 SplitSpec = Tuple[str, str, str]
@@ -261,7 +261,7 @@ class CocoTree(tfds.core.GeneratorBasedBuilder):
             "is_crowd": bool(ann.get("iscrowd", 0)),
         })
         if self.has_masks:
-          objects[-1]["segmentation"] = segmentation_lib.segmentation_to_rle(
+          objects[-1]["segmentation"] = rle.segmentation_to_rle(
               ann, height, width, f"{split.annotation_file}: annotation id {ann['id']} "
               f"(image_id {image_info['id']})")
       yield int(image_info["id"]), {

@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping
 import tensorflow as tf
 
 from backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from projects.detection.data import segmentation
+from projects.detection.data import rle
 
 
 def resize_image(image: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
@@ -77,7 +77,7 @@ def decode_instance_masks(counts: tf.Tensor, orig_size: tf.Tensor) -> tf.Tensor:
   instances; ``pad_masks`` drops it.
   """
   masks = tf.numpy_function(
-      lambda c, size: segmentation.decode_masks(list(c) + [b""], int(size[0]), int(size[1])),
+      lambda c, size: rle.decode_masks(list(c) + [b""], int(size[0]), int(size[1])),
       [counts, orig_size], tf.uint8, stateful=False)
   return tf.ensure_shape(masks, [None, None, None])
 

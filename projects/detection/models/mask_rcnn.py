@@ -28,8 +28,8 @@ Outputs of ``MaskRCNN.__call__``:
 turns them into image masks: ``paste_masks(mask_probs[b], boxes[b], orig_size, threshold=0.5)`` at the original
 size (mmdet pastes the 28x28 maps with the rescaled boxes at ``ori_shape``).
 
-``config.model.test_cfg.version``: ``"mmdet2"`` (default, the official repository's proposal selection, which
-keeps zero-size boxes) or ``"mmdet3"`` (drops them before the RPN NMS).
+``config.model.test_cfg.version`` (``heads.detection.versions``): ``"mmdet2"`` (default, the official repository's
+proposal selection, which keeps zero-size boxes) or ``"mmdet3"`` (drops them before the RPN NMS).
 """
 
 import dataclasses
@@ -51,6 +51,7 @@ from heads.detection.roi_align import FINEST_SCALE, roi_align, roi_levels
 from heads.detection.roi_heads import FCNMaskHead, Shared2FCBBoxHead
 from heads.detection.rpn_head import RPNHead
 from heads.detection.sampler import SamplerConfig, random_sample
+from heads.detection.versions import DEFAULT_VERSION
 from heads.fpn import FPN
 from projects import registry
 from projects.common.base_model import param_shapes
@@ -451,7 +452,7 @@ class MaskRCNNModel(Detector):
             "roi": {"max_samples": 8, "mask_max_samples": 4},
             "train_cfg": {"rpn_nms_pre": 2000, "rpn_max_per_img": 1000, "rpn_num": 256, "rpn_pos_fraction": 0.5,
                           "rcnn_num": 512, "rcnn_pos_fraction": 0.25, "pad_size_divisor": 32},
-            "test_cfg": {"version": "mmdet2", "rpn_nms_pre": 1000, "rpn_max_per_img": 1000, "score_thr": 0.05,
+            "test_cfg": {"version": DEFAULT_VERSION, "rpn_nms_pre": 1000, "rpn_max_per_img": 1000, "score_thr": 0.05,
                          "iou_threshold": 0.5, "max_per_img": 100, "mask_thr_binary": 0.5},
         },
     })

@@ -22,11 +22,11 @@ from heads.detection.anchors import AnchorGenerator, anchor_inside_flags, padded
 from heads.detection.assigner import MaxIoUAssigner
 from heads.detection.box_coder import DeltaXYWHBBoxCoder
 from heads.detection.retinanet_head import RetinaHead
+from heads.detection.retinanet_postprocess import TestConfig, retinanet_detections
 from heads.fpn import FPN
 from projects import registry
 from projects.common.base_model import param_shapes
 from projects.detection.detector import Detector
-from projects.detection.postprocess import TestConfig, retinanet_detections
 
 Batch = Mapping[str, Any]
 Metrics = Dict[str, Tuple[jnp.ndarray, jnp.ndarray]]

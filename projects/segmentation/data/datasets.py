@@ -1,13 +1,14 @@
-"""The segmentation datasets the input pipeline reads, selected by ``config.dataset.name``: one small table.
+"""The segmentation datasets the input pipeline reads, by their ``config.dataset_name`` (``projects.registry``).
 
 Every entry is a tfds builder storing ``image`` (encoded JPEG or PNG bytes) and ``segmentation`` (an 8-bit
 PNG of the raw mask values). What differs is how raw mask values map to classes:
 
-* ``ade20k_challenge`` (``ade20k_builder``): 150 classes, mmseg's ``reduce_zero_label``: raw 0 ("other") is
-  ignored, raw k is class k - 1. Images are JPEGs.
-* ``segmentation_folder`` (your own folder) and ``cityscapes_train_ids`` (Cityscapes ``labelTrainIds``, 19
-  classes), both in ``folder_builders``: raw k is class k and the builder's ``ignore_label`` metadata value
-  (255 by default) is ignored. Images are JPEG or PNG. Class names come from the builder's metadata.
+* ``ade20k`` (tfds ``ade20k_challenge``, ``ade20k_builder``): 150 classes, mmseg's ``reduce_zero_label``:
+  raw 0 ("other") is ignored, raw k is class k - 1. Images are JPEGs.
+* ``segmentation_folder`` (your own folder) and ``cityscapes`` (tfds ``cityscapes_train_ids``: Cityscapes
+  ``labelTrainIds``, 19 classes), both in ``folder_builders``: raw k is class k and the builder's
+  ``ignore_label`` metadata value (255 by default) is ignored. Images are JPEG or PNG. Class names come from
+  the builder's metadata.
 
 The pipeline works on *label codes*, ADE20K's raw convention: 0 = ignore, c + 1 = class c (uint8, so up to
 255 classes). ADE20K masks are codes as stored; other masks are mapped by ``label_codes`` right after
@@ -15,7 +16,7 @@ decoding, so that every transform (the ``cat_max_ratio`` crop, resizing, ``reduc
 original-size scoring (``orig_label``) treat all datasets alike.
 """
 
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -53,7 +54,7 @@ class SegmentationDataset(NamedTuple):
 
 
 DATASETS = {
-    "ade20k_challenge": SegmentationDataset(
+    "ade20k": SegmentationDataset(
         ade20k_builder.Ade20kChallenge, reduce_zero_label=True, jpeg_images=True,
         prepare_command=ade20k_builder.prepare_command,
         help=(f"Put the official {ade20k_builder.ZIP_NAME} (or its extracted {ade20k_builder.ROOT}/ folder) "
@@ -65,7 +66,7 @@ DATASETS = {
         prepare_command=_folder_prepare_command("segmentation_folder"),
         help=("Put classes.txt, images/{train,val}/ and masks/{train,val}/ in a MANUAL_DIR (layout: "
               "projects/segmentation/data/folder_builders.py)")),
-    "cityscapes_train_ids": SegmentationDataset(
+    "cityscapes": SegmentationDataset(
         folder_builders.CityscapesTrainIds, reduce_zero_label=False, jpeg_images=False,
         prepare_command=_folder_prepare_command("cityscapes_train_ids"),
         help=("Put leftImg8bit/ and gtFine/ (with mmseg's *_gtFine_labelTrainIds.png) in a MANUAL_DIR")),
@@ -75,7 +76,7 @@ DATASETS = {
 def get(name: str) -> SegmentationDataset:
   """The table entry of ``name``; ``ValueError`` listing the known names otherwise."""
   if name not in DATASETS:
-    raise ValueError(f"config.dataset.name {name!r} is not a segmentation dataset; known: {sorted(DATASETS)}")
+    raise ValueError(f"config.dataset_name {name!r} is not a segmentation dataset; known: {sorted(DATASETS)}")
   return DATASETS[name]
 
 
@@ -92,13 +93,28 @@ def load_builder(name: str, data_dir: Optional[str]) -> tfds.core.DatasetBuilder
 
 def class_names(name: str, builder: tfds.core.DatasetBuilder) -> Tuple[str, ...]:
   """The class names of a prepared dataset (index i = class i)."""
-  if name == "ade20k_challenge":
+  if get(name).builder_class is ade20k_builder.Ade20kChallenge:
     return ade20k_classes.CLASS_NAMES
   names = (builder.info.metadata or {}).get("class_names")
   if not names:
     raise ValueError(f"the {name} dataset in {builder.data_dir} has no class_names metadata; "
                      "prepare it again")
   return tuple(str(n) for n in names)
+
+
+def dataset_meta(config: Any) -> Optional[Dict[str, Any]]:
+  """The class facts of ``config.dataset_name``'s prepared dataset (``projects.registry.DATASET_META``), or
+  None when it is not on disk; Cityscapes' 19 classes are known without it."""
+  name = config.get("dataset_name")
+  data_dir = (config.get("dataset") or {}).get("data_dir")
+  try:
+    builder = get(name).builder_class(data_dir=data_dir)
+    names = class_names(name, builder) if builder.is_prepared() else None
+  except Exception:  # pylint: disable=broad-except  (names are a nicety: a missing dataset is fine)
+    names = None
+  if names is None and get(name).builder_class is folder_builders.CityscapesTrainIds:
+    names = folder_builders.CITYSCAPES_CLASSES
+  return None if names is None else {"num_classes": len(names), "class_names": list(names)}
 
 
 def ignore_label(name: str, builder: tfds.core.DatasetBuilder) -> int:

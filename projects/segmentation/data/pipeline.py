@@ -1,9 +1,9 @@
 """Segmentation input pipelines and ``get_dataset`` (the dataset interface of docs/CONTRACTS.md).
 
-``config.dataset.name`` selects the tfds dataset (``datasets.DATASETS``: ``ade20k_challenge``, your own
-``segmentation_folder``, ``cityscapes_train_ids``); images and masks are decoded and the masks mapped to label
-codes (0 = ignore, c + 1 = class c; ADE20K's raw values) as that table says, and everything below is the same
-for every dataset.
+``config.dataset_name`` (the ``projects.registry`` name, default ``ade20k``) selects the tfds dataset
+(``datasets.DATASETS``: ``ade20k``, ``cityscapes``, your own ``segmentation_folder``); images and masks are
+decoded and the masks mapped to label codes (0 = ignore, c + 1 = class c; ADE20K's raw values) as that table
+says, and everything below is the same for every dataset.
 
 Training follows the official CrossFormer/mmseg recipe (``transforms.train_transform``): random rescale of
 ``scale`` by ``ratio_range``, random crop with ``cat_max_ratio``, flip, PhotoMetricDistortion, normalisation,
@@ -38,12 +38,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from projects.common import guards
 from projects.common.dataset import Batch, Dataset
 from projects.segmentation.data import ade20k_classes
 from projects.segmentation.data import datasets
 from projects.segmentation.data import transforms
 
-DATASET_NAME = "ade20k_challenge"
+DATASET_NAME = "ade20k"  # config.dataset_name when the config names none
 # Landscape long sides (times the short side) of the default eval buckets; portrait buckets mirror them.
 DEFAULT_EVAL_BUCKET_ASPECT_RATIOS = (1.0, 4 / 3, 1.5, 2.0)
 _SKIP_IMAGES = {"image": tfds.decode.SkipDecoding(), "segmentation": tfds.decode.SkipDecoding()}
@@ -58,7 +59,7 @@ _MAX_EPOCHS = 2 ** 40
 def default_dataset_config() -> ml_collections.ConfigDict:
   """``config.dataset`` of the official recipe; ``get_dataset`` fills keys missing from a config from it.
 
-  Keys: ``name`` (a key of ``datasets.DATASETS``, ``"ade20k_challenge"``), ``data_dir`` (tfds data dir; None
+  Keys: ``data_dir`` (tfds data dir; None
   = tfds's default), ``num_classes`` (150 for ADE20K; for other datasets None = the dataset's class count,
   or that count), ``scale`` / ``ratio_range`` (train Resize), ``crop_size`` (h, w), ``cat_max_ratio``,
   ``flip_prob``, ``photometric_distortion``, ``shuffle_buffer_size`` (records, per process),
@@ -67,7 +68,6 @@ def default_dataset_config() -> ml_collections.ConfigDict:
   ``config.eval_batch_size`` (global; default: ``batch_size``), the seed ``config.rng_seed``.
   """
   return ml_collections.ConfigDict({
-      "name": DATASET_NAME,
       "data_dir": None,
       "num_classes": ade20k_classes.NUM_CLASSES,
       "scale": (2048, 512),
@@ -126,13 +126,16 @@ def _pair(value: Any, key: str, kind: type = int) -> tuple:
 def _settings(config: ml_collections.ConfigDict) -> _Settings:
   """``config.dataset`` over the defaults, validated."""
   defaults = default_dataset_config()
-  given = config.get("dataset", ml_collections.ConfigDict())
+  # An earlier run's config names the dataset in dataset.name (guards.upgrade_legacy_config).
+  upgraded = guards.upgrade_legacy_config({"dataset_name": config.get("dataset_name") or DATASET_NAME,
+                                           "dataset": config.get("dataset", ml_collections.ConfigDict()).to_dict()})
+  name, given = upgraded["dataset_name"], upgraded["dataset"]
   unknown = sorted(set(given.keys()) - set(defaults.keys()))
   if unknown:
     raise ValueError(f"unknown config.dataset keys {unknown}; known: {sorted(defaults.keys())}")
-  cfg = {**defaults.to_dict(), **given.to_dict()}
-  datasets.get(cfg["name"])
-  if cfg["name"] == DATASET_NAME and cfg["num_classes"] != ade20k_classes.NUM_CLASSES:
+  cfg = {**defaults.to_dict(), **given}
+  datasets.get(name)
+  if name == DATASET_NAME and cfg["num_classes"] != ade20k_classes.NUM_CLASSES:
     raise ValueError(f"config.dataset.num_classes must be {ade20k_classes.NUM_CLASSES} for ADE20K, "
                      f"got {cfg['num_classes']}")
   if cfg["num_classes"] is not None and int(cfg["num_classes"]) < 1:
@@ -155,7 +158,7 @@ def _settings(config: ml_collections.ConfigDict) -> _Settings:
     buckets = tuple(_pair(b, "eval_buckets[...]") for b in cfg["eval_buckets"])
     _check_buckets(buckets, eval_scale, divisor)
   return _Settings(
-      name=cfg["name"], num_classes=None if cfg["num_classes"] is None else int(cfg["num_classes"]),
+      name=name, num_classes=None if cfg["num_classes"] is None else int(cfg["num_classes"]),
       data_dir=cfg["data_dir"], scale=_pair(cfg["scale"], "scale"), ratio_range=ratio_range,
       crop_size=_pair(cfg["crop_size"], "crop_size"), cat_max_ratio=float(cfg["cat_max_ratio"]),
       flip_prob=float(cfg["flip_prob"]), photometric_distortion=bool(cfg["photometric_distortion"]),
@@ -307,11 +310,12 @@ def eval_dataset(builder: tfds.core.DatasetBuilder, settings: _Settings, *, batc
 
 def get_dataset(config: ml_collections.ConfigDict, *, process_index: Optional[int] = None,
                 process_count: Optional[int] = None) -> Dataset:
-  """The ``Dataset(train_iter_fn, eval_iter_fn, meta_data)`` of ``config.dataset.name`` as ``config`` says.
+  """The ``Dataset(train_iter_fn, eval_iter_fn, meta_data)`` of ``config.dataset_name`` as ``config`` says.
 
   Args:
-    config: the job config: ``seed`` (default 0), ``batch_size`` and ``eval_batch_size`` (global), and
-      ``dataset`` (see ``default_dataset_config``).
+    config: the job config: ``dataset_name`` (a key of ``datasets.DATASETS``; default ``ade20k``), ``seed``
+      (default 0), ``batch_size`` and ``eval_batch_size`` (global), and ``dataset`` (see
+      ``default_dataset_config``).
     process_index: this process (default ``jax.process_index()``).
     process_count: number of processes (default ``jax.process_count()``); batch sizes are divided by it.
 

@@ -33,7 +33,7 @@ from pycocotools.cocoeval import COCOeval
 from projects.common import evaluation
 from projects.common import sharding
 from projects.detection import mask_paste
-from projects.detection.data import segmentation
+from projects.detection.data import rle
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 MASK_METRIC_NAMES = tuple(f"mask_{name}" for name in METRIC_NAMES)
@@ -64,9 +64,9 @@ def detections_to_coco(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray
 def masks_to_coco(masks: np.ndarray, scores: np.ndarray, labels: np.ndarray, image_id: int,
                   category_ids: Sequence[int]) -> List[Dict[str, Any]]:
   """COCO ``segm`` result entries of one image's ``(K, H, W)`` binary masks (RLE, ``counts`` as str)."""
-  return [{"image_id": int(image_id), "category_id": int(category_ids[int(label)]), "segmentation": rle,
+  return [{"image_id": int(image_id), "category_id": int(category_ids[int(label)]), "segmentation": counts,
            "score": float(score)}
-          for rle, score, label in zip(segmentation.encode_masks(masks), scores, labels)]
+          for counts, score, label in zip(rle.encode_masks(masks), scores, labels)]
 
 
 def _empty_results(coco_gt: COCO) -> COCO:

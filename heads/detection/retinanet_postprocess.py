@@ -1,11 +1,11 @@
 """RetinaNet inference post-processing with mmdet ``test_cfg`` semantics, in JAX with static shapes.
 
-Two versions, chosen by ``TestConfig.version`` (``config.model.test_cfg.version``):
+Two versions (``heads.detection.versions``), chosen by ``TestConfig.version`` (``config.model.test_cfg.version``):
 
-* ``"mmdet2"``: mmdetection 2.8 ``AnchorHead.get_bboxes``, the official CrossFormer repository's. Per image and
-  level, the ``nms_pre`` anchors with the best maximum class score (all anchors of a level with fewer); their
-  boxes decoded and clipped to the image; then every (anchor, class) pair of all levels scoring ``> score_thr``
-  goes to NMS. No box-size filter (boxes clipped to zero size at the image edge can be kept).
+* ``"mmdet2"`` (the default): mmdetection 2.8 ``AnchorHead.get_bboxes``, the official CrossFormer repository's.
+  Per image and level, the ``nms_pre`` anchors with the best maximum class score (all anchors of a level with
+  fewer); their boxes decoded and clipped to the image; then every (anchor, class) pair of all levels scoring
+  ``> score_thr`` goes to NMS. No box-size filter (boxes clipped to zero size at the image edge can be kept).
 * ``"mmdet3"``: mmdetection >= 2.18 / 3.x ``BaseDenseHead._predict_by_feat_single``. Per image and level, the
   (anchor, class) pairs scoring ``> score_thr``, the ``nms_pre`` best of them, decoded and clipped; then boxes
   of width or height ``<= min_bbox_size`` are dropped.
@@ -23,9 +23,7 @@ import jax.numpy as jnp
 
 from heads.detection.box_coder import DeltaXYWHBBoxCoder
 from heads.detection.nms import batched_nms
-
-# "mmdet2": mmdetection 2.8 (the official CrossFormer repository); "mmdet3": mmdetection >= 2.18 / 3.x.
-VERSIONS = ("mmdet2", "mmdet3")
+from heads.detection.versions import DEFAULT_VERSION, MMDET3, check_version
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,20 +37,19 @@ class TestConfig:
     iou_threshold: NMS IoU threshold (suppress at IoU strictly above it).
     max_per_img: detections per image (the fixed output size).
     min_bbox_size: mmdet3 only: boxes need width and height above this (``< 0``: no filter).
-    version: ``"mmdet2"`` (official repository, mmdetection 2.8) or ``"mmdet3"``.
+    version: ``"mmdet2"`` (official repository, mmdetection 2.8; the default) or ``"mmdet3"``.
   """
   nms_pre: int = 1000
   score_thr: float = 0.05
   iou_threshold: float = 0.5
   max_per_img: int = 100
   min_bbox_size: float = 0.0
-  version: str = "mmdet3"
+  version: str = DEFAULT_VERSION
 
   def __post_init__(self):
     if self.max_per_img < 1:
       raise ValueError(f"max_per_img must be >= 1, got {self.max_per_img}")
-    if self.version not in VERSIONS:
-      raise ValueError(f"test_cfg.version must be one of {VERSIONS}, got {self.version!r}")
+    check_version(self.version, "test_cfg.version")
 
 
 def level_candidates(logits: jnp.ndarray, cfg: TestConfig) -> Tuple[jnp.ndarray, ...]:
@@ -68,7 +65,7 @@ def level_candidates(logits: jnp.ndarray, cfg: TestConfig) -> Tuple[jnp.ndarray,
   """
   num_anchors, num_classes = logits.shape
   scores = jax.nn.sigmoid(logits.astype(jnp.float32))
-  if cfg.version == "mmdet3":
+  if cfg.version == MMDET3:
     flat = scores.reshape(-1)
     k = flat.shape[0] if cfg.nms_pre <= 0 else min(cfg.nms_pre, flat.shape[0])
     top_scores, top = jax.lax.top_k(jnp.where(flat > cfg.score_thr, flat, -1.0), k)
@@ -96,7 +93,7 @@ def _image_detections(logits: Sequence[jnp.ndarray], deltas: Sequence[jnp.ndarra
   boxes, scores, labels, valid = (jnp.concatenate(x, axis=0) for x in zip(*parts))
   scale = scale.astype(jnp.float32)
   boxes = boxes / jnp.stack([scale[1], scale[0], scale[1], scale[0]])
-  if cfg.version == "mmdet3" and cfg.min_bbox_size >= 0:
+  if cfg.version == MMDET3 and cfg.min_bbox_size >= 0:
     valid &= ((boxes[:, 2] - boxes[:, 0]) > cfg.min_bbox_size) & ((boxes[:, 3] - boxes[:, 1]) > cfg.min_bbox_size)
   keep = batched_nms(boxes, scores, labels, cfg.iou_threshold, cfg.max_per_img, candidate_mask=valid)
   return {
