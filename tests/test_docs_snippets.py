@@ -24,12 +24,16 @@ NEEDS = re.compile(r"^#\s*needs:\s*(.+)$")
 MODULE = re.compile(r"\bpython3?\s+-m\s+([A-Za-z_][\w.]*)")
 REPO_PATH = re.compile(r"(?<![\w/.-])((?:configs|benchmarks)/[\w.-]+\.py|backbones/assets/[\w.-]+)")
 TIMEOUT_S = 600
-# Blocks that compile a whole task network (over ~20 s on 2 CPU cores): their file and a string of their code,
-# so that editing other blocks does not move them.
+# Blocks that compile a whole network more than once or a task network (over ~20 s on 2 CPU cores), run by
+# `make test` but not `make test-fast`: their file and a string of their code, so that editing other blocks
+# does not move them.
 SLOW = {
     ("segmentation.md", "tiny_ade20k.get_config()"),
     ("detection.md", "tiny_coco.get_config()"),
     ("detection.md", "tiny_coco_instance.get_config()"),
+    ("backbones.md", "model = CrossFormer("),
+    ("scenic.md", "class MyModel"),
+    ("export_hub.md", "export.export_stablehlo("),
 }
 
 
