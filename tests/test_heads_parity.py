@@ -1,4 +1,4 @@
-"""``python -m heads.parity`` on the public mmseg/mmdet head fixtures: every output within tolerance, and a
+"""``python -m projects.parity`` on the public mmseg/mmdet head fixtures: every output within tolerance, and a
 perturbed weight is caught."""
 
 import json
@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from heads.parity.__main__ import main
+from projects.parity.__main__ import main
 
 HEAD_FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "heads"
 # Mask R-CNN has its own runner (another branch).

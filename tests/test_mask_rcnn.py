@@ -25,8 +25,8 @@ def _fixture(name):
 
 @pytest.mark.slow
 def test_parity_runner_passes_on_the_fixture():
-  from heads.parity.__main__ import run_fixture  # pylint: disable=import-outside-toplevel
-  from heads.parity.report import Report  # pylint: disable=import-outside-toplevel
+  from projects.parity.__main__ import run_fixture  # pylint: disable=import-outside-toplevel
+  from projects.parity.report import Report  # pylint: disable=import-outside-toplevel
   report = Report(echo=None)
   run_fixture(str(_fixture("mask_rcnn.npz")), report)
   failed = [line for line in report.lines if not line[2]]

@@ -12,6 +12,7 @@ import pytest
 
 from heads import official
 from projects import convert_checkpoint
+from projects.parity import official_config
 from projects.common import config_utils, model_io
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -80,8 +81,8 @@ def test_full_size_official_layout_converts(name, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_recipe_configs_equal_the_official_configs(name):
-  """Our recipe's neck/head settings are what heads.official maps the official full-size config to."""
-  mapped = official.model_config_from_mm(_keys(name)["mm_config"])
+  """Our recipe's neck/head settings are what projects.parity.official_config maps the official full-size config to."""
+  mapped = official_config.model_config_from_mm(_keys(name)["mm_config"])
   config = _config(name)
   assert mapped.pop("num_classes") == model_io.default_dataset_meta(config)["num_classes"]
   assert mapped.pop("avg_non_ignore", False) == config.model.get("avg_non_ignore", False)

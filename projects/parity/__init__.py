@@ -1,19 +1,19 @@
 """Parity of our necks, heads and post-processing with mmsegmentation / mmdetection fixtures.
 
-``python -m heads.parity FIXTURE.npz [...]`` reads each fixture's JSON sidecar (``shared/docs/fixtures.md``
+``python -m projects.parity FIXTURE.npz [...]`` reads each fixture's JSON sidecar (``shared/docs/fixtures.md``
 format), dispatches on its ``kind`` to the runner that rebuilds the model from the recorded ``mm_config``,
 converts its ``sd/`` weights, runs every case and compares every stored output it can. Runners live in the
 modules named by ``RUNNERS`` and have the signature ``run(arrays, meta, report)``.
 """
 
-from heads.parity.report import Report, load_fixture
+from projects.parity.report import Report, load_fixture
 
 # fixture kind -> "module:function" (imported lazily: a runner's dependencies load only when it is used).
 RUNNERS = {
-    "semantic_fpn": "heads.parity.segmentation:run",
-    "upernet": "heads.parity.segmentation:run",
-    "retinanet": "heads.parity.retinanet:run",
-    "mask_rcnn": "heads.parity.mask_rcnn:run",
+    "semantic_fpn": "projects.parity.segmentation:run",
+    "upernet": "projects.parity.segmentation:run",
+    "retinanet": "projects.parity.retinanet:run",
+    "mask_rcnn": "projects.parity.mask_rcnn:run",
 }
 
 __all__ = ["RUNNERS", "Report", "load_fixture"]
