@@ -65,7 +65,7 @@ def test_v1_debug_intermediates_match(official_fixtures_dir):
   """Per-block tokens of the debug case, which exercises padding, masking and both fallbacks."""
   meta, arrays, state_dict = _load(official_fixtures_dir, "public_backbone_v1")
   module, variables = from_official(state_dict, **meta["constructor_kwargs"])
-  case = next((c for c, info in meta["cases"].items() if info["debug_intermediates"]), None)
+  case = next((c for c, info in meta["cases"].items() if info.get("debug_intermediates")), None)
   if case is None:  # the bundled derived fixture leaves them out (tests/fixtures/PROVENANCE.md)
     pytest.skip("public_backbone_v1 has no per-block traces here; the shared folder's copy has them")
   _, intermediates = module.apply(variables, _nhwc(arrays[f"in/{case}"]),
