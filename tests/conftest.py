@@ -45,7 +45,10 @@ class FixtureDir:
   def __truediv__(self, name: str) -> pathlib.Path:
     path = self.find(name)
     if path is None:
-      where = shared_fixtures() or f"${SHARED_ENV} (unset) or {REPO_ROOT.parent / 'shared'} (absent)"
+      shared = shared_fixtures()
+      where = (f"{shared / self.sub}" if shared else
+               f"${SHARED_ENV}={os.environ[SHARED_ENV]} has no fixtures/" if os.environ.get(SHARED_ENV) else
+               f"${SHARED_ENV} unset and no {REPO_ROOT.parent / 'shared'}")
       pytest.skip(f"fixture {self.sub}/{name} is neither bundled in tests/fixtures/{self.sub} nor in the shared "
                   f"folder ({where}); point {SHARED_ENV} at the shared/ folder to run it")
     return path

@@ -79,3 +79,18 @@ def test_unknown_kind_and_missing_file(heads_dir, tmp_path, capsys):
   (tmp_path / "x.json").write_text(json.dumps(meta))
   assert main([str(tmp_path / "x.npz")]) == 1
   assert "no runner for fixture kind 'no_such_model'" in capsys.readouterr().out
+
+
+def test_shared_arrays_are_read_from_the_named_fixture(tmp_path):
+  np.savez(tmp_path / "a.npz", **{"sd/w": np.arange(3.0), "in/c": np.ones(2)})
+  (tmp_path / "a.json").write_text(json.dumps({"kind": "k"}))
+  np.savez(tmp_path / "b.npz", **{"out/c/y": np.zeros(1)})
+  (tmp_path / "b.json").write_text(json.dumps({"kind": "k", "shared_arrays": {"file": "a.npz", "keys": ["sd/w"]}}))
+  arrays, _ = load_fixture(tmp_path / "b.npz")
+  assert sorted(arrays) == ["out/c/y", "sd/w"] and arrays["sd/w"].tolist() == [0.0, 1.0, 2.0]
+  (tmp_path / "b.json").write_text(json.dumps({"kind": "k", "shared_arrays": {"file": "a.npz", "keys": ["sd/v"]}}))
+  with pytest.raises(ValueError, match=r"b.json: shared_arrays key 'sd/v' is not in a.npz"):
+    load_fixture(tmp_path / "b.npz")
+  (tmp_path / "b.json").write_text(json.dumps({"kind": "k", "shared_arrays": {"file": "gone.npz", "keys": []}}))
+  with pytest.raises(FileNotFoundError, match="gone.npz not found"):
+    load_fixture(tmp_path / "b.npz")
