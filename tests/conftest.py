@@ -39,8 +39,12 @@ class FixtureDir:
     shared = shared_fixtures()
     return [BUNDLED_FIXTURES / self.sub] + ([shared / self.sub] if shared else [])
 
+  def all(self, name: str) -> List[pathlib.Path]:
+    """Every copy of ``name``: the bundled one first."""
+    return [root / name for root in self.roots() if (root / name).is_file()]
+
   def find(self, name: str) -> Optional[pathlib.Path]:
-    return next((root / name for root in self.roots() if (root / name).is_file()), None)
+    return next(iter(self.all(name)), None)
 
   def __truediv__(self, name: str) -> pathlib.Path:
     path = self.find(name)
