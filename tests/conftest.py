@@ -1,8 +1,10 @@
-"""Test-session set-up: four virtual CPU devices, a persistent compilation cache, shared fixtures."""
+"""Test-session set-up: four virtual CPU devices, a persistent compilation cache, the parity fixtures
+(bundled in ``tests/fixtures``, the rest from the shared folder)."""
 
 import glob
 import os
 import pathlib
+from typing import Dict, List, Optional
 
 # Must happen before JAX is imported anywhere: multi-device tests shard over 4 virtual CPU devices.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
@@ -16,16 +18,64 @@ import pytest  # noqa: E402
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
-SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "crossformer"
+BUNDLED_FIXTURES = REPO_ROOT / "tests" / "fixtures"
+SHARED_ENV = "CROSSFORMER_SHARED"
+
+
+def shared_fixtures() -> Optional[pathlib.Path]:
+  """``fixtures/`` of the shared folder (``$CROSSFORMER_SHARED``, else ``shared/`` beside the checkout), if any."""
+  root = pathlib.Path(os.environ[SHARED_ENV]) if os.environ.get(SHARED_ENV) else REPO_ROOT.parent / "shared"
+  return root / "fixtures" if (root / "fixtures").is_dir() else None
+
+
+class FixtureDir:
+  """One fixture folder (``crossformer`` or ``heads``) looked up file by file: the copy bundled in
+  ``tests/fixtures/<sub>`` first, then the shared folder's; ``folder / name`` skips the test when neither has it."""
+
+  def __init__(self, sub: str):
+    self.sub = sub
+
+  def roots(self) -> List[pathlib.Path]:
+    shared = shared_fixtures()
+    return [BUNDLED_FIXTURES / self.sub] + ([shared / self.sub] if shared else [])
+
+  def all(self, name: str) -> List[pathlib.Path]:
+    """Every copy of ``name``: the bundled one first."""
+    return [root / name for root in self.roots() if (root / name).is_file()]
+
+  def find(self, name: str) -> Optional[pathlib.Path]:
+    return next(iter(self.all(name)), None)
+
+  def __truediv__(self, name: str) -> pathlib.Path:
+    path = self.find(name)
+    if path is None:
+      shared = shared_fixtures()
+      where = (f"{shared / self.sub}" if shared else
+               f"${SHARED_ENV}={os.environ[SHARED_ENV]} has no fixtures/" if os.environ.get(SHARED_ENV) else
+               f"${SHARED_ENV} unset and no {REPO_ROOT.parent / 'shared'}")
+      pytest.skip(f"fixture {self.sub}/{name} is neither bundled in tests/fixtures/{self.sub} nor in the shared "
+                  f"folder ({where}); point {SHARED_ENV} at the shared/ folder to run it")
+    return path
+
+  def files(self, pattern: str) -> List[pathlib.Path]:
+    """Every fixture file matching ``pattern`` in either place, one per name (the bundled one first)."""
+    found: Dict[str, pathlib.Path] = {}
+    for root in self.roots():
+      for path in sorted(root.glob(pattern)):
+        found.setdefault(path.name, path)
+    return [found[name] for name in sorted(found)]
 
 
 @pytest.fixture(scope="session")
-def official_fixtures_dir() -> pathlib.Path:
-  """The official-output fixtures in ``../shared``; skips the test when that folder is absent."""
-  if not SHARED_FIXTURES.is_dir():
-    pytest.skip(f"official parity fixtures not found at {SHARED_FIXTURES} "
-                "(they live in the shared/ folder beside the checkout)")
-  return SHARED_FIXTURES
+def official_fixtures_dir() -> FixtureDir:
+  """The backbone fixtures (``crossformer/``): bundled ones, then the shared folder's; a missing file skips."""
+  return FixtureDir("crossformer")
+
+
+@pytest.fixture(scope="session")
+def head_fixtures_dir() -> FixtureDir:
+  """The head and detector fixtures (``heads/``): bundled ones, then the shared folder's; a missing file skips."""
+  return FixtureDir("heads")
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""Parity of the Flax CrossFormer with the official PyTorch outputs stored in ../shared/fixtures."""
+"""Parity of the Flax CrossFormer with the official PyTorch outputs (``tests/fixtures/crossformer``, or the shared
+folder for files not bundled)."""
 
 import json
 
@@ -8,14 +9,13 @@ import numpy as np
 import pytest
 
 from backbones import from_official
+from projects.parity.report import load_fixture
 
 ATOL = RTOL = 1e-4
 
 
 def _load(fixtures_dir, name):
-  meta = json.loads((fixtures_dir / f"{name}.json").read_text())
-  with np.load(fixtures_dir / f"{name}.npz") as data:
-    arrays = {k: data[k] for k in data.files}
+  arrays, meta = load_fixture(fixtures_dir / f"{name}.npz")
   state_dict = {k[3:]: v for k, v in arrays.items() if k.startswith("sd/")}
   return meta, arrays, state_dict
 
@@ -37,14 +37,19 @@ def test_supported_cases_match_official(backbone_fixture):
   meta, arrays, module, variables = backbone_fixture
   apply = jax.jit(module.apply)
   supported = [c for c, info in meta["cases"].items() if info["supported"]]
-  assert len(supported) >= 3
+  assert supported
+  compared = set()
   for case in supported:
     out = apply(variables, _nhwc(arrays[f"in/{case}"]))
     for i in range(4):
+      if f"out/{case}/stage{i}" not in arrays:
+        continue  # a derived fixture keeps the deepest stages of some cases (they depend on every block)
       got = np.asarray(out[f"stage_{i + 1}"]).transpose(0, 3, 1, 2)
       want = arrays[f"out/{case}/stage{i}"]
       assert got.shape == tuple(meta["cases"][case]["output_shapes"][i])
       np.testing.assert_allclose(got, want, atol=ATOL, rtol=RTOL, err_msg=f"{case} stage {i}")
+      compared.add(i)
+  assert compared == {0, 1, 2, 3}, "every stage is compared in some case"
 
 
 def test_rejected_sizes_are_rejected(backbone_fixture):
@@ -58,9 +63,16 @@ def test_rejected_sizes_are_rejected(backbone_fixture):
 
 def test_v1_debug_intermediates_match(official_fixtures_dir):
   """Per-block tokens of the debug case, which exercises padding, masking and both fallbacks."""
-  meta, arrays, state_dict = _load(official_fixtures_dir, "public_backbone_v1")
+  # The bundled derived file leaves the traces out (tests/fixtures/PROVENANCE.md); the shared original has them.
+  for path in official_fixtures_dir.all("public_backbone_v1.npz"):
+    arrays, meta = load_fixture(path)
+    case = next((c for c, info in meta["cases"].items() if info.get("debug_intermediates")), None)
+    if case is not None:
+      break
+  else:
+    pytest.skip("no public_backbone_v1 with per-block traces (dbg/): the shared folder's copy has them")
+  state_dict = {k[3:]: v for k, v in arrays.items() if k.startswith("sd/")}
   module, variables = from_official(state_dict, **meta["constructor_kwargs"])
-  case = next(c for c, info in meta["cases"].items() if info["debug_intermediates"])
   _, intermediates = module.apply(variables, _nhwc(arrays[f"in/{case}"]),
                                   capture_intermediates=True, mutable=["intermediates"])
   inter = intermediates["intermediates"]

@@ -13,6 +13,7 @@ from backbones import (CrossFormer, CrossFormerBackbone, create_model, from_offi
 from backbones.crossformer import convert, grouping
 from backbones.crossformer.model import CrossFormerBlock, has_acl
 from backbones.crossformer.variants import PP_DENSE_GROUPS
+from projects.parity.report import load_fixture
 
 # Official parameter counts (reference section 6.2): classifier, dense backbone (None: not published).
 PP_COUNTS = {"s": (23_325_340, 22_811_316), "b": (51_994_594, 51_224_058), "l": (92_001_904, None),
@@ -141,11 +142,10 @@ def test_pp_checkpoint_converts_and_feeds_the_dense_backbone(official_fixtures_d
 def test_pp_converted_file_round_trips_and_feeds_the_dense_backbone(official_fixtures_dir, tmp_path):
   """The ++ classifier fixture through a converted file gives the dense fixture's backbone exactly."""
   names = ("public_cls_pp", "public_backbone_pp")
-  metas = {n: json.loads((official_fixtures_dir / f"{n}.json").read_text()) for n in names}
-  sds = {}
+  metas, sds = {}, {}
   for n in names:
-    with np.load(official_fixtures_dir / f"{n}.npz") as data:
-      sds[n] = {k[3:]: data[k] for k in data.files if k.startswith("sd/")}
+    arrays, metas[n] = load_fixture(official_fixtures_dir / f"{n}.npz")
+    sds[n] = {k[3:]: v for k, v in arrays.items() if k.startswith("sd/")}
   module, variables = from_official(sds["public_cls_pp"], **metas["public_cls_pp"]["constructor_kwargs"])
   path = save_converted(tmp_path / "pp.msgpack", module, variables)
   restored, restored_vars = load_converted(path)

@@ -1,4 +1,4 @@
-"""Parity of CrossFormer++ (PGS, ACL, main-branch LDA) with the official outputs in ../shared/fixtures.
+"""Parity of CrossFormer++ (PGS, ACL, main-branch LDA) with the official outputs (``tests/fixtures``).
 
 The checks are generic over fixtures in the documented format (``../shared/docs/fixtures.md``): a
 classifier (``kind`` classification: ``logits`` and ``features``; each case's ``img_size`` replaces the
@@ -6,7 +6,6 @@ constructor's) or a dense backbone (``stage0..3``), with ``out``, ``out64``, ``d
 ``block_group_size`` and ``block_trace``. Each fixture's model is compiled once per case.
 """
 
-import json
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +15,7 @@ import pytest
 from backbones import CrossFormer, CrossFormerBackbone, from_official
 from backbones.crossformer import convert, grouping
 from backbones.crossformer.model import has_acl, per_stage
+from projects.parity.report import load_fixture
 
 ATOL = RTOL = 1e-4
 ATOL64 = RTOL64 = 1e-10  # measured: at most 1.2e-14
@@ -75,9 +75,7 @@ def _apply_fn(meta, module, capture):
 def pp_run(request, official_fixtures_dir):
   """Loads one fixture, converts its weights and runs every supported case once (float32)."""
   name = request.param
-  meta = json.loads((official_fixtures_dir / f"{name}.json").read_text())
-  with np.load(official_fixtures_dir / f"{name}.npz") as data:
-    arrays = {k: data[k] for k in data.files}
+  arrays, meta = load_fixture(official_fixtures_dir / f"{name}.npz")
   state_dict = {k[3:]: v for k, v in arrays.items() if k.startswith("sd/")}
   classifier = _is_classifier(meta)
   supported = [c for c, info in meta["cases"].items() if info.get("supported", True)]

@@ -1,43 +1,48 @@
-"""``python -m heads.parity`` on the public mmseg/mmdet head fixtures: every output within tolerance, and a
-perturbed weight is caught."""
+"""``python -m projects.parity`` on the mmseg/mmdet head fixtures (bundled in ``tests/fixtures/heads``, and any
+other found in the shared folder): every stored output is compared and within tolerance, and a perturbed weight
+is caught."""
 
 import json
-import pathlib
+import re
 import shutil
 
 import numpy as np
 import pytest
 
-from heads.parity.__main__ import main
+from projects.parity.__main__ import main
+from projects.parity.report import load_fixture
+from tests.conftest import FixtureDir
 
-HEAD_FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "heads"
-# Mask R-CNN has its own runner (another branch).
-KINDS = ("semantic_fpn", "upernet", "retinanet")
+HEADS = FixtureDir("heads")
+# Mask R-CNN fixtures run in tests/test_mask_rcnn.py (one long run each).
+RUNNER_FIXTURES = [p for p in HEADS.files("*.npz")
+                   if json.loads(p.with_suffix(".json").read_text()).get("kind") != "mask_rcnn"]
 
 
 @pytest.fixture(scope="module")
-def heads_dir() -> pathlib.Path:
-  if not HEAD_FIXTURES.is_dir():
-    pytest.skip(f"head fixtures not found at {HEAD_FIXTURES} (they live in the shared/ folder beside the "
-                "checkout)")
-  return HEAD_FIXTURES
+def heads_dir() -> FixtureDir:
+  return HEADS
+
+
+def test_the_public_kinds_are_found():
+  assert {p.stem for p in RUNNER_FIXTURES} >= {"semantic_fpn", "upernet", "retinanet"}
 
 
 @pytest.mark.slow
-def test_every_public_head_fixture_passes(heads_dir, capsys):
-  paths = [str(heads_dir / f"{kind}.npz") for kind in KINDS]
-  status = main(paths)
+@pytest.mark.parametrize("path", RUNNER_FIXTURES, ids=lambda p: p.stem)
+def test_every_head_fixture_passes(path, capsys):
+  status = main([str(path)])
   lines = capsys.readouterr().out.strip().splitlines()
   assert status == 0, "\n".join(line for line in lines if line.startswith("FAIL"))
   assert lines[-1].startswith("parity: ") and "FAILED" not in lines[-1]
-  compared = int(lines[-1].split()[1])
-  assert compared >= 118  # 20 + 21 + 77 outputs in the public files
   assert not [line for line in lines[:-1] if not line.startswith("ok  ")]
-  # Both detection post-processing versions and the UperNet intermediates were compared.
+  # Every stored output was compared: a line names it (candidate labels share their anchor indices' line).
+  arrays, _ = load_fixture(path)
   text = "\n".join(lines)
-  for part in ("det/img1/bboxes", "det_mmdet2/img1/bboxes", "assign/img0/gt_inds", "dbg/b2_128x128/psp_bottleneck",
-               "loss/aux.loss_ce", "neck/l0"):
-    assert part in text
+  named = lambda key: re.search(rf":{re.escape(key)}(: | \()", text)
+  stored = [k for k in arrays if k.startswith(("out/", "dbg/"))]
+  unnamed = [k for k in stored if not named(k) and not named(re.sub(r"/labels_l(\d+)$", r"/anchor_inds_l\1", k))]
+  assert stored and not unnamed, unnamed
 
 
 def test_perturbed_weight_fails(heads_dir, tmp_path, capsys):
@@ -74,3 +79,18 @@ def test_unknown_kind_and_missing_file(heads_dir, tmp_path, capsys):
   (tmp_path / "x.json").write_text(json.dumps(meta))
   assert main([str(tmp_path / "x.npz")]) == 1
   assert "no runner for fixture kind 'no_such_model'" in capsys.readouterr().out
+
+
+def test_shared_arrays_are_read_from_the_named_fixture(tmp_path):
+  np.savez(tmp_path / "a.npz", **{"sd/w": np.arange(3.0), "in/c": np.ones(2)})
+  (tmp_path / "a.json").write_text(json.dumps({"kind": "k"}))
+  np.savez(tmp_path / "b.npz", **{"out/c/y": np.zeros(1)})
+  (tmp_path / "b.json").write_text(json.dumps({"kind": "k", "shared_arrays": {"file": "a.npz", "keys": ["sd/w"]}}))
+  arrays, _ = load_fixture(tmp_path / "b.npz")
+  assert sorted(arrays) == ["out/c/y", "sd/w"] and arrays["sd/w"].tolist() == [0.0, 1.0, 2.0]
+  (tmp_path / "b.json").write_text(json.dumps({"kind": "k", "shared_arrays": {"file": "a.npz", "keys": ["sd/v"]}}))
+  with pytest.raises(ValueError, match=r"b.json: shared_arrays key 'sd/v' is not in a.npz"):
+    load_fixture(tmp_path / "b.npz")
+  (tmp_path / "b.json").write_text(json.dumps({"kind": "k", "shared_arrays": {"file": "gone.npz", "keys": []}}))
+  with pytest.raises(FileNotFoundError, match="gone.npz not found"):
+    load_fixture(tmp_path / "b.npz")

@@ -1,4 +1,4 @@
-"""Mask R-CNN: mmdet parity on the shared fixture, official checkpoint layout, and focused unit tests."""
+"""Mask R-CNN: mmdet parity on the fixture, official checkpoint layout, and focused unit tests."""
 
 import json
 from typing import Any, Dict, Mapping
@@ -14,9 +14,7 @@ from heads import official
 from heads.detection.mask_ops import mask_targets, paste_masks
 from heads.detection.roi_align import roi_align, roi_align_dense, roi_levels
 from heads.detection.sampler import SamplerConfig, random_sample
-from tests.conftest import REPO_ROOT
-
-HEAD_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "heads"
+from tests.conftest import FixtureDir
 
 
 def convert_official_mask_rcnn(state_dict: Mapping[str, Any], network: Any) -> Dict[str, Any]:
@@ -36,22 +34,20 @@ def convert_official_mask_rcnn(state_dict: Mapping[str, Any], network: Any) -> D
 
 
 def _fixture(name):
-  path = HEAD_FIXTURES / name
-  if not path.is_file():
-    pytest.skip(f"Mask R-CNN fixture not found at {path} (it lives in the shared/ folder beside the checkout)")
-  return path
+  """``heads/<name>``, bundled in tests/fixtures or from the shared folder; skips when neither has it."""
+  return FixtureDir("heads") / name
 
 
 @pytest.mark.slow
 def test_parity_runner_passes_on_the_fixture():
-  from heads.parity.__main__ import run_fixture  # pylint: disable=import-outside-toplevel
-  from heads.parity.report import Report  # pylint: disable=import-outside-toplevel
+  from projects.parity.__main__ import run_fixture  # pylint: disable=import-outside-toplevel
+  from projects.parity.report import Report  # pylint: disable=import-outside-toplevel
   report = Report(echo=None)
   run_fixture(str(_fixture("mask_rcnn.npz")), report)
   failed = [line for line in report.lines if not line[2]]
   assert not failed, failed[:5]
   names = {line[0] for line in report.lines}
-  for stage in ("neck/l0", "proposals/img0/set", "proposals_mmdet2/img1/set", "rcnn/cls_score",
+  for stage in ("neck/l1", "rpn_reg/l0", "proposals/img0/set", "proposals_mmdet2/img1/set", "rcnn/cls_score",
                 "probe/roi_feats7", "det/img1/set", "det_mmdet2/img1/set", "mask/img0/masks", "loss/loss_mask",
                 "end_to_end/det/img1/masks", "end_to_end/loss/loss_bbox"):
     assert any(n.endswith(stage) for n in names), stage

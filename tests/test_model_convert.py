@@ -12,10 +12,11 @@ import pytest
 
 from heads import official
 from projects import convert_checkpoint
+from projects.parity import official_config
+from tests.conftest import FixtureDir
 from projects.common import config_utils, model_io
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-HEAD_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "heads"
 # keys file -> our official recipe config.
 RECIPES = {
     "fpn": "configs/fpn_crossformer_s_ade20k.py",
@@ -26,10 +27,7 @@ OFFICIAL_COUNTS = {"fpn": 34_260_000, "upernet": 62_308_022, "retinanet": 40_824
 
 
 def _keys(name):
-  path = HEAD_FIXTURES / f"keys_{name}_crossformer_s.json"
-  if not path.is_file():
-    pytest.skip(f"{path} not found (the shared/ folder beside the checkout)")
-  return json.loads(path.read_text())
+  return json.loads((FixtureDir("heads") / f"keys_{name}_crossformer_s.json").read_text())
 
 
 def _state_dict(layout, seed=0):
@@ -80,8 +78,8 @@ def test_full_size_official_layout_converts(name, tmp_path):
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_recipe_configs_equal_the_official_configs(name):
-  """Our recipe's neck/head settings are what heads.official maps the official full-size config to."""
-  mapped = official.model_config_from_mm(_keys(name)["mm_config"])
+  """Our recipe's neck/head settings are what projects.parity.official_config maps the official full-size config to."""
+  mapped = official_config.model_config_from_mm(_keys(name)["mm_config"])
   config = _config(name)
   assert mapped.pop("num_classes") == model_io.dataset_facts(config)["num_classes"]
   assert mapped.pop("avg_non_ignore", False) == config.model.get("avg_non_ignore", False)

@@ -22,6 +22,7 @@ from projects.common import predict_io
 from projects.common import restore
 from projects.common.train_state import TrainState
 from projects.segmentation import predictor as seg_predictor
+from tests.conftest import FixtureDir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SEG_CLASSES = 150
@@ -291,9 +292,7 @@ def _official_layout(config, variables, keys_file):
 
 
 def test_official_npz_converts_and_predicts(images_dir, tmp_path):
-  keys_file = REPO.parent / "shared" / "fixtures" / "heads" / "keys_fpn_crossformer_s.json"
-  if not keys_file.is_file():
-    pytest.skip(f"{keys_file} not found (the shared/ folder beside the checkout)")
+  keys_file = FixtureDir("heads") / "keys_fpn_crossformer_s.json"
   config = _seg_config()
   model = model_io.build_model(config, {"num_classes": SEG_CLASSES}, inference=True)
   variables = _init(model, seed=3)

@@ -121,7 +121,7 @@ class MaskRCNN(nn.Module):
   mask_head: nn.Module
   settings: MaskRCNNSettings = MaskRCNNSettings()
 
-  # ---- stages (also applied one by one by heads.parity through ``method=``) ----
+  # ---- stages (also applied one by one by projects.parity through ``method=``) ----
 
   def pyramid_forward(self, features: Any, train: bool = False) -> Dict[str, Any]:
     """Neck and RPN on backbone features: ``pyramid`` (P2..P6), ``rpn_logits``, ``rpn_deltas``, ``anchors``."""

@@ -1,10 +1,12 @@
-"""Loading a head fixture and recording comparisons against its stored outputs, relative to tolerance."""
+"""Loading a fixture (npz + JSON sidecar) and recording comparisons with its stored outputs, relative to tolerance."""
 
 import json
 import pathlib
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
+
+from backbones.safe_io import load_npz
 
 # shared/docs/fixtures.md: float32 tensors and losses atol = rtol = 1e-4; boxes 1e-3 px; scores 1e-5.
 TENSOR_TOL = (1e-4, 1e-4)
@@ -13,24 +15,36 @@ SCORE_TOL = (1e-5, 0.0)
 
 
 def load_fixture(path: Any) -> Tuple[Mapping[str, np.ndarray], Dict[str, Any]]:
-  """``(arrays, meta)`` of ``FIXTURE.npz`` and its ``FIXTURE.json`` sidecar; clear errors for bad files."""
+  """``(arrays, meta)`` of ``FIXTURE.npz`` and its ``FIXTURE.json`` sidecar; clear errors for bad files.
+
+  A sidecar may name arrays stored in another fixture of the same folder (``"shared_arrays": {"file": NAME.npz,
+  "keys": [...]}``, as the derived fixtures of ``tests/fixtures`` do for weights two fixtures share); they are
+  read from there.
+  """
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"fixture not found: {path}")
   sidecar = path.with_suffix(".json")
   if not sidecar.is_file():
     raise FileNotFoundError(f"fixture {path} has no JSON sidecar {sidecar.name} beside it")
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      arrays = {k: data[k] for k in data.files}
-  except (OSError, ValueError) as e:
-    raise ValueError(f"{path} is not a valid .npz fixture: {e}") from None
+  arrays = load_npz(path)
   try:
     meta = json.loads(sidecar.read_text())
   except ValueError as e:
     raise ValueError(f"{sidecar} is not valid JSON: {e}") from None
   if "kind" not in meta:
-    raise ValueError(f"{sidecar} has no 'kind' field: not a head fixture (see shared/docs/fixtures.md)")
+    raise ValueError(f"{sidecar} has no 'kind' field: not a fixture (see shared/docs/fixtures.md)")
+  shared = meta.get("shared_arrays")
+  if shared:
+    other = path.parent / pathlib.Path(shared["file"]).name
+    if not other.is_file():
+      raise FileNotFoundError(f"{sidecar}: shared_arrays file {other.name} not found beside it")
+    other_arrays = load_npz(other)
+    for key in shared["keys"]:
+      if key not in other_arrays or key in arrays:
+        raise ValueError(f"{sidecar}: shared_arrays key {key!r} is " +
+                         ("not in " + other.name if key not in other_arrays else "also stored in " + path.name))
+      arrays[key] = other_arrays[key]
   return arrays, meta
 
 

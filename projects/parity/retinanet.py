@@ -1,10 +1,10 @@
 """Fixture runner for RetinaNet (kind ``retinanet``).
 
 Builds ``projects.detection.models.retinanet.RetinaNetModel`` from the fixture's ``mm_config`` through
-``heads.official.model_config_from_mm``, with the recorded pyramid standing in for the backbone, converts
-``sd/`` with the checkpoint converter's mapping and compares: neck levels, head outputs, anchors, valid flags,
-the assignment, targets, losses (per level, total, avg_factor, without the tiny gt), the per-level candidates
-and the final detections of both post-processing versions (``det``: mmdet 3.x, ``det_mmdet2``: mmdet 2.8).
+``projects.parity.official_config.model_config_from_mm``, with the recorded pyramid standing in for the backbone,
+converts ``sd/`` with the checkpoint converter's mapping and compares: neck levels, head outputs, anchors, valid
+flags, the assignment, targets, losses (per level, total, avg_factor, without the tiny gt), the per-level
+candidates and the final detections of both post-processing versions (``det``: mmdet 3.x, ``det_mmdet2``: mmdet 2.8).
 
 Conventions translated here (inputs/outputs only): NCHW <-> NHWC, mmdet's ``gt_inds`` -2 for anchors outside
 the valid region (ours leave them unassigned with zero weight), background label = num_classes.
@@ -18,13 +18,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from heads import official
 from heads.detection import losses
 from heads.detection.anchors import anchor_inside_flags
-from heads.detection.retinanet_postprocess import TestConfig, level_candidates, retinanet_detections
-from heads.parity import common
-from heads.parity.report import BOX_TOL, SCORE_TOL
+from projects.common.model_io import variable_shapes
 from projects.detection.models.retinanet import RetinaNetModel
+from heads.detection.retinanet_postprocess import TestConfig, level_candidates, retinanet_detections
+from projects.parity import common, official_config
+from projects.parity.report import BOX_TOL, SCORE_TOL
 
 # Stored detection lists -> post-processing version.
 DET_VERSIONS = {"det": "mmdet3", "det_mmdet2": "mmdet2"}
@@ -33,7 +33,7 @@ CAND_VERSIONS = {"cand": "mmdet3", "cand_mmdet2": "mmdet2"}
 
 def build(meta: Mapping[str, Any], channels) -> RetinaNetModel:
   """Our RetinaNet for ``meta["mm_config"]`` with a ``GivenPyramid`` of ``channels`` as backbone."""
-  cfg = official.model_config_from_mm(meta["mm_config"])
+  cfg = official_config.model_config_from_mm(meta["mm_config"])
   num_classes = cfg.pop("num_classes")
   model_cfg = ml_collections.ConfigDict(dict(backbone=None, dtype="float32", **cfg))
   return RetinaNetModel(ml_collections.ConfigDict({"model": model_cfg}), {"num_classes": num_classes},
@@ -72,7 +72,6 @@ def run(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], report: Any) 
   """Compares every output of every case of a retinanet fixture."""
   names = common.cases(arrays, meta)
   model = build(meta, [x.shape[-1] for x in common.pyramid(arrays, names[0])])
-  from projects.common.model_io import variable_shapes  # pylint: disable=g-import-not-at-top
   variables, converted = common.convert_weights(arrays, variable_shapes(model), report)
   if not converted:
     for case in names:

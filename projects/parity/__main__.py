@@ -1,4 +1,4 @@
-"""``python -m heads.parity FIXTURE.npz [...]``: compare our models with mmseg/mmdet fixtures.
+"""``python -m projects.parity FIXTURE.npz [...]``: compare our models with mmseg/mmdet fixtures.
 
 Prints one line per output and last ``parity: N outputs compared, worst error Rx of tolerance``; exits 1 when
 an output is out of tolerance or cannot be compared, 2 when a file cannot be read.
@@ -9,7 +9,7 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-from heads.parity import RUNNERS, Report, load_fixture
+from projects.parity import RUNNERS, Report, load_fixture
 
 
 def run_fixture(path: str, report: Report) -> None:
@@ -36,7 +36,7 @@ def run_fixture(path: str, report: Report) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m heads.parity", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m projects.parity", description=__doc__.split("\n")[0])
   parser.add_argument("fixtures", nargs="+", help="fixture .npz files (each with its .json sidecar)")
   args = parser.parse_args(argv)
   report = Report()

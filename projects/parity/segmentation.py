@@ -1,8 +1,8 @@
 """Fixture runner for Semantic FPN and UperNet (kinds ``semantic_fpn``, ``upernet``).
 
 Builds ``projects.segmentation.models.encoder_decoder.SegmentationModel`` from the fixture's ``mm_config`` through
-``heads.official.model_config_from_mm`` (the converter's mapping), with the recorded pyramid standing in for
-the backbone, converts ``sd/`` with ``heads.official.convert_state_dict`` and compares every stored output.
+``projects.parity.official_config.model_config_from_mm``, with the recorded pyramid standing in for the backbone,
+converts ``sd/`` with ``heads.official.convert_state_dict`` and compares every stored output.
 """
 
 from typing import Any, Dict, Mapping
@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from heads import official
 from heads.layers import resize_bilinear
-from heads.parity import common
+from projects.common.model_io import variable_shapes
+from projects.parity import common, official_config
 from projects.segmentation.models.encoder_decoder import SegmentationModel, segmentation_loss
 
 IGNORE_INDEX = 255
@@ -25,7 +25,7 @@ DEBUG_MODULES = {"psp_bottleneck": "bottleneck", "fpn_bottleneck": "fpn_bottlene
 
 def build(meta: Mapping[str, Any], channels) -> SegmentationModel:
   """Our segmentation model for ``meta["mm_config"]`` with a ``GivenPyramid`` of ``channels`` as backbone."""
-  cfg = official.model_config_from_mm(meta["mm_config"])
+  cfg = official_config.model_config_from_mm(meta["mm_config"])
   num_classes = cfg.pop("num_classes")
   cfg.pop("test_cfg", None)
   model_cfg = ml_collections.ConfigDict(dict(backbone=None, dtype="float32", norm_axis_name=None, **cfg))
@@ -46,7 +46,6 @@ def run(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], report: Any) 
   names = common.cases(arrays, meta)
   first = common.pyramid(arrays, names[0])
   model = build(meta, [x.shape[-1] for x in first])
-  from projects.common.model_io import variable_shapes  # pylint: disable=g-import-not-at-top
   variables, converted = common.convert_weights(arrays, variable_shapes(model), report)
   if not converted:
     for case in names:
