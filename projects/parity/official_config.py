@@ -4,7 +4,8 @@
 ``decode_head``, ``auxiliary_head``, ``bbox_head``, ``train_cfg``, ``test_cfg`` dicts of the official configs) ->
 the sections of our ``config.model`` (``projects.segmentation.models.encoder_decoder`` /
 ``projects.detection.models.retinanet`` keys) plus ``num_classes``. Settings we do not implement raise
-``ValueError``. It knows the projects' config keys, so it lives here, above the heads; the state_dict key mapping stays in ``heads.official``.
+``ValueError``. It knows the projects' config keys, so it lives here, above the heads; the state_dict key
+mapping stays in ``heads.official``.
 """
 
 from typing import Any, Dict, Mapping, Optional, Tuple
