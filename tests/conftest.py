@@ -16,7 +16,9 @@ import pytest  # noqa: E402
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
-SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "crossformer"
+# CROSSFORMER_SHARED: the shared/ folder when it is not beside the checkout (e.g. a git worktree).
+SHARED = pathlib.Path(os.environ.get("CROSSFORMER_SHARED", REPO_ROOT.parent / "shared"))
+SHARED_FIXTURES = SHARED / "fixtures" / "crossformer"
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,10 @@ The key mapping is ``heads.official``'s (``PREFIX_CONVERTERS``; ``rpn_head`` / `
 
 from typing import Any, Dict, Mapping
 
-import flax
 import jax
 import jax.numpy as jnp
 
+from backbones.weights import tree
 from heads import official
 
 PREFIXES = ("backbone", "neck", "rpn_head", "roi_head")
@@ -30,9 +30,8 @@ def convert_official_mask_rcnn(state_dict: Mapping[str, Any], network: Any,
   """
   expected = expected_variables(network)
   variables, _ = official.convert_state_dict(state_dict, expected, prefixes=PREFIXES, strict=strict)
-  ours = flax.traverse_util.flatten_dict(variables.get("params", {}))
-  missing = ["/".join(p) for p in flax.traverse_util.flatten_dict(expected["params"]) if p not in ours]
-  if missing and strict:
-    raise ValueError(f"the checkpoint does not fit the model: {len(missing)} parameters missing from it: "
-                     + ", ".join(missing[:20]))
+  report = tree.compare_shapes(expected["params"], variables.get("params", {}))
+  report.unexpected = []  # every key of the checkpoint was placed or refused by the conversion above
+  if strict:
+    report.raise_if_bad("the checkpoint")
   return variables
