@@ -137,3 +137,17 @@ def test_a_second_family_is_created_by_name(toy_family, tmp_path):
   assert isinstance(module, ToyClassifier) and module.backbone.width == 4
   params = converted.load_backbone_params(path)
   assert params["stem"]["kernel"].shape == (4, 4, 3, 4)
+
+
+def test_classifier_files_of_the_flat_layout_still_load(tmp_path):
+  from backbones.crossformer.model import CrossFormer  # pylint: disable=import-outside-toplevel
+  from backbones.weights import description  # pylint: disable=import-outside-toplevel
+  flat = ('{"num_classes": 5, "dim": [16, 32, 64, 128], "depth": [1, 1, 1, 1], "global_window_size": [8, 4, 2, 1], '
+          '"local_window_size": 7, "num_heads": [1, 1, 2, 2], "lda_mode": "main", "use_acl": false}')
+  module = description.module_from_description("CrossFormer", flat, "old.msgpack")
+  assert isinstance(module, CrossFormer) and module.num_classes == 5
+  assert module.backbone.dims == (16, 32, 64, 128) and module.backbone.lda_mode == "main"
+  again = description.module_from_description("CrossFormer", description.architecture_json(module), "new")
+  assert again == module
+  with pytest.raises(ValueError, match="old.msgpack holds an unknown module 'Resnet'"):
+    description.module_from_description("Resnet", "{}", "old.msgpack")

@@ -290,6 +290,16 @@ class CrossFormer(nn.Module):
       object.__setattr__(self, arg, None)
     super().__post_init__()
 
+  @classmethod
+  def from_description(cls, **kwargs: Any) -> "CrossFormer":
+    """The classifier a converted file describes: ``num_classes`` + ``backbone``, or the flat layout of files
+    written before the classifier composed its backbone (the seed names plus every backbone field)."""
+    if "backbone" in kwargs:
+      return cls(**kwargs)
+    num_classes = kwargs.pop("num_classes", 1000)
+    backbone = {SEED_ARGUMENTS.get(k, k): v for k, v in kwargs.items()}
+    return cls(num_classes=num_classes, backbone=CrossFormerBackbone(**{**SEED_DEFAULTS, **backbone}, parent=None))
+
   def backbone_kwargs(self) -> Dict[str, Any]:
     """The :class:`CrossFormerBackbone` arguments of this classifier's trunk (``out_indices`` left out)."""
     return {f: getattr(self.backbone, f) for f in self.backbone.__dataclass_fields__

@@ -3,7 +3,7 @@
 ``architecture_json(module)`` writes the dataclass fields that describe the architecture (not ``dtype``,
 ``remat``, ``out_indices``: choices of the user); a field holding a module (the classifier's ``backbone``)
 is written as ``{"module": class name, "kwargs": {...}}``. ``module_from_description`` rebuilds the module,
-its class looked up in ``backbones.registry``.
+its class looked up in ``backbones.registry`` (through its ``from_description`` classmethod when it has one).
 """
 
 import json
@@ -42,7 +42,8 @@ def module_from_description(module_name: str, kwargs_json: str, source: Any) -> 
 
 def _build(module_name: str, kwargs: Dict[str, Any], source: Any) -> nn.Module:
   cls = registry.module_class(module_name, source)
-  return cls(**{k: _value(v, source) for k, v in kwargs.items()})
+  build = getattr(cls, "from_description", cls)  # a class may read older layouts of its description
+  return build(**{k: _value(v, source) for k, v in kwargs.items()})
 
 
 def _value(value: Any, source: Any) -> Any:
