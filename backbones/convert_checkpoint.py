@@ -24,16 +24,15 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from backbones import scenic_checkpoint
-from backbones.checkpoint_io import save_converted
 from backbones.crossformer import convert
-from backbones.crossformer.model import CrossFormer
-from backbones.factory import create_model, list_models
+from backbones.registry import create_model, list_models
+from backbones.weights import converted
+from backbones.weights import scenic
 
 
 def features_only(module) -> bool:
-  """Whether ``module`` is a dense backbone (not the classifier)."""
-  return not isinstance(module, CrossFormer)
+  """Whether ``module`` is a dense backbone (not a classifier composing one)."""
+  return not converted.is_classifier(module)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -71,11 +70,11 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     params = variables["params"]
     if not features_only(module):
       params = params["backbone"]  # the classifier's backbone; its head has no place in a dense model
-    path = scenic_checkpoint.save_scenic_checkpoint(args.output, params, metadata={
+    path = scenic.save_scenic_checkpoint(args.output, params, metadata={
         "source": str(args.input), "variant": str(args.variant or "official_kwargs"),
         "lda_mode": args.lda_mode})
   else:
-    path = save_converted(args.output, module, variables)
+    path = converted.save_converted(args.output, module, variables)
   n_params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(variables))
   print(f"wrote {path}: {type(module).__name__} with {n_params:,} parameters")
   return str(path)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from backbones.checkpoint_io import write_atomic
+from backbones.weights.files import write_atomic
 
 Shape = Tuple[int, ...]
 PathLike = Union[str, os.PathLike]

@@ -31,12 +31,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from backbones.checkpoint_io import is_converted, load_converted, write_atomic
 from backbones.crossformer import grouping
-from backbones.crossformer.model import CrossFormer, CrossFormerBackbone, per_stage
+from backbones.crossformer.model import per_stage
 from backbones.crossformer.sizes import pad_to_valid_size, padded_size
-from backbones.factory import create_model, list_models
 from backbones.preprocess import normalize_image
+from backbones.registry import create_model, list_models
+from backbones.weights.converted import is_classifier, is_converted, load_converted
+from backbones.weights.files import write_atomic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -74,8 +75,8 @@ def build_extractor(model: Optional[str], checkpoint: Optional[str], **options: 
   variant with an official ``.pth``/``.npz`` checkpoint, or a named variant with random weights."""
   if checkpoint and is_converted(checkpoint):
     stored, variables = load_converted(checkpoint)
-    if isinstance(stored, CrossFormer):
-      stored = CrossFormerBackbone(**stored.backbone_kwargs())
+    if is_classifier(stored):  # its backbone, returning every level (the class's default out_indices)
+      stored = stored.backbone.clone(parent=None, out_indices=type(stored.backbone).out_indices)
       variables = {"params": variables["params"]["backbone"]}
     return stored.clone(**options), variables
   if model is None:

@@ -16,13 +16,16 @@ Our extras, under names Scenic does not use: ``weight_decay_configs`` (keyword w
 
 Optional keys that default to None are ``config_dict.placeholder``s, so they can still be set from the
 command line (``--config.init_from.checkpoint_path=crossformer_s.msgpack``). Nothing here imports the
-TensorFlow pipelines: configs are plain values (big_vision style).
+TensorFlow pipelines: configs are plain values (big_vision style); a variant's facts (drop-path rate) are read
+from ``backbones.registry``, where they are declared once.
 """
 
 from typing import Any, Optional, Sequence
 
 import ml_collections
 from ml_collections import config_dict
+
+from backbones import registry
 
 TRAINER_NAME = "crossformer_trainer"
 
@@ -114,28 +117,23 @@ def mmcv_lr_configs(base_lr: float, *, policy: str = "constant", power: float = 
   return config
 
 
-# CrossFormer variant -> (backbone name, dense drop-path rate of the official factories; T has none: the
-# classification value 0.1 is used).
-BACKBONES = {
-    "t": ("crossformer_t", 0.1),
-    "s": ("crossformer_s", 0.2),
-    "b": ("crossformer_b", 0.3),
-    "l": ("crossformer_l", 0.5),
-}
+# CrossFormer variant letter -> registered backbone name (its drop-path rate is the registry's metadata).
+BACKBONES = {v: f"crossformer_{v}" for v in ("t", "s", "b", "l")}
 OFFICIAL_GROUPS = ((7, 7, 7, 7), (8, 4, 2, 1))
 
 
 def backbone_config(variant: str, group_sizes: Sequence[int] = OFFICIAL_GROUPS[0],
                     intervals: Sequence[int] = OFFICIAL_GROUPS[1], **overrides) -> ml_collections.ConfigDict:
-  """``config.model.backbone`` for CrossFormer-``variant`` (t/s/b/l); its weights come from
+  """``config.model.backbone`` for CrossFormer-``variant`` (t/s/b/l) with the variant's registered drop-path
+  rate (the official dense factories'; T has none: its classification value); its weights come from
   ``config.init_from.checkpoint_path``."""
   if variant not in BACKBONES:
     raise ValueError(f"unknown CrossFormer variant {variant!r}; expected one of {sorted(BACKBONES)}")
-  name, drop_path_rate = BACKBONES[variant]
+  name = BACKBONES[variant]
   return ml_collections.ConfigDict(dict(
       name=name,
       overrides=dict(group_sizes=tuple(group_sizes), intervals=tuple(intervals), **overrides),
-      drop_path_rate=drop_path_rate,
+      drop_path_rate=registry.variant_kwargs(name)["drop_path_rate"],
       lda_mode="v1",
       remat=False,
   ))

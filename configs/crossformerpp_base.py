@@ -12,7 +12,8 @@ UPerNet auxiliary head's 256 follow from the backbone. Official ++ dense configs
 
 import ml_collections
 
-from backbones.crossformer.variants import PP_DENSE_GROUPS, variant_kwargs
+from backbones import registry
+from backbones.crossformer.variants import PP_DENSE_GROUPS
 from configs import common
 
 
@@ -21,7 +22,7 @@ def backbone_config(variant: str = "s") -> ml_collections.ConfigDict:
   name = f"crossformerpp_{variant}"
   config = common.backbone_config("s", *PP_DENSE_GROUPS)  # the v1 keys; name, rate and LDA set below
   config.name = name
-  config.drop_path_rate = variant_kwargs(name)["drop_path_rate"]
+  config.drop_path_rate = registry.variant_kwargs(name)["drop_path_rate"]
   config.lda_mode = "main"
   return config
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from backbones.crossformer import convert as backbone_convert
+from backbones.weights import tree
 from heads.detection import mask_rcnn_convert
 
 Path = Tuple[str, ...]
@@ -126,28 +127,6 @@ class ConversionReport:
     return "; ".join(parts)
 
 
-def flatten(tree: Mapping[str, Any], prefix: Path = ()) -> Dict[Path, Any]:
-  """``{path tuple: leaf}`` of a nested mapping."""
-  out: Dict[Path, Any] = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
-def unflatten(flat: Mapping[Path, Any]) -> Dict[str, Any]:
-  """The nested dict of ``{path tuple: leaf}``."""
-  tree: Dict[str, Any] = {}
-  for path, v in flat.items():
-    node = tree
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return tree
-
-
 def convert_state_dict(state_dict: Mapping[str, Any], expected: Mapping[str, Any],
                        prefixes: Optional[Sequence[str]] = None, strict: bool = True
                        ) -> Tuple[Dict[str, Any], ConversionReport]:
@@ -163,7 +142,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], expected: Mapping[str, Any
   Returns:
     ``({collection: nested dict of float32 arrays}, report)``.
   """
-  flat_expected = {(c,) + p: tuple(np.shape(v)) for c, tree in expected.items() for p, v in flatten(tree).items()}
+  flat_expected = {p: tree.shape_of(v) for p, v in tree.flatten(expected, sep=None).items()}
   modules = {p[1] for p in flat_expected}
   if prefixes is None:
     prefixes = [p for p in PREFIX_CONVERTERS if p in modules]
@@ -201,4 +180,4 @@ def convert_state_dict(state_dict: Mapping[str, Any], expected: Mapping[str, Any
   variables: Dict[str, Any] = {}
   for full, v in out.items():
     variables.setdefault(full[0], {})[full[1:]] = v
-  return {c: unflatten(flat) for c, flat in variables.items()}, report
+  return {c: tree.unflatten(flat, sep=None) for c, flat in variables.items()}, report

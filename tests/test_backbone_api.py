@@ -77,7 +77,7 @@ def test_out_indices_select_levels():
 def test_list_models_and_unknown_names():
   assert list_models() == ["crossformer_b", "crossformer_l", "crossformer_s", "crossformer_t",
                            "crossformerpp_b", "crossformerpp_h", "crossformerpp_l", "crossformerpp_s"]
-  with pytest.raises(ValueError, match="unknown CrossFormer variant 'crossformer_x'"):
+  with pytest.raises(ValueError, match="unknown backbone 'crossformer_x'"):
     create_model("crossformer_x")
   with pytest.raises(ValueError, match="unknown CrossFormer arguments \\['window'\\]"):
     create_model("crossformer_t", window=7)

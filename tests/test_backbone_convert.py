@@ -87,7 +87,7 @@ def test_unsupported_official_options_are_refused():
 
 def test_classifier_interval_is_implicit_from_img_size():
   module = convert.module_from_official({"img_size": 448, "group_size": [7, 7, 7, 7]}, classifier=True)
-  assert module.global_window_size == (16, 8, 4, 2)
+  assert module.backbone.intervals == (16, 8, 4, 2)
 
 
 def test_converted_file_round_trip_and_create_model(tmp_path):

@@ -101,8 +101,8 @@ def test_block_options_change_only_padded_maps():
 @pytest.mark.parametrize("variant", sorted(PP_COUNTS))
 def test_pp_variants_have_the_official_parameter_counts(variant):
   classifier = create_model(f"crossformerpp_{variant}", features_only=False)
-  assert classifier.lda_mode == "main" and classifier.use_acl
-  assert classifier.local_window_size == (4, 4, 14, 7) and classifier.global_window_size == (4, 2, 1, 1)
+  assert classifier.backbone.lda_mode == "main" and classifier.backbone.use_acl
+  assert classifier.backbone.group_sizes == (4, 4, 14, 7) and classifier.backbone.intervals == (4, 2, 1, 1)
   shapes = convert.expected_param_shapes(classifier)
   n_cls = sum(int(np.prod(s)) for s in shapes.values())
   n_trunk = sum(int(np.prod(s)) for k, s in shapes.items() if k[0] == "backbone")
@@ -110,7 +110,7 @@ def test_pp_variants_have_the_official_parameter_counts(variant):
   assert n_cls == want_cls
   if want_dense is not None:
     dense = create_model(f"crossformerpp_{variant}", features_only=True)
-    assert dense.feature_info.channels() == list(classifier.dim)
+    assert dense.feature_info.channels() == list(classifier.backbone.dims)
     assert sum(int(np.prod(s)) for s in convert.expected_param_shapes(dense).values()) == want_dense
     assert n_trunk == want_dense
 
@@ -121,8 +121,8 @@ def test_pp_checkpoint_converts_and_feeds_the_dense_backbone(official_fixtures_d
   rng = np.random.default_rng(0)
   state_dict = {k["key"]: rng.standard_normal(k["shape"]).astype(k["dtype"]) for k in meta["keys"]}
   module, variables = from_official({"model": state_dict}, **meta["config"])
-  assert isinstance(module, CrossFormer) and module.lda_mode == "main" and module.use_acl
-  assert module.mlp_ratio == (4.0, 4.0, 4.0, 4.0)
+  assert isinstance(module, CrossFormer) and module.backbone.lda_mode == "main" and module.backbone.use_acl
+  assert module.backbone.mlp_ratio == (4.0, 4.0, 4.0, 4.0)
   assert _count(variables) == meta["num_params"]
   flat = flax.traverse_util.flatten_dict(variables["params"])
   assert len(flat) == meta["num_state_dict_entries"]
@@ -164,9 +164,9 @@ def test_official_pp_options():
   assert dense.lda_mode == "main" and dense.use_acl and dense.pad_type == 0 and not dense.no_mask
   cls = convert.module_from_official({"use_acl": True, "pad_type": 1, "no_mask": True,
                                       "crs_interval": [4, 2, 1, 1]}, classifier=True)
-  assert cls.pad_type == 1 and cls.no_mask
+  assert cls.backbone.pad_type == 1 and cls.backbone.no_mask
   assert convert.module_from_official({"mlp_ratio": [4, 4, 4, 4], "crs_interval": [8, 4, 2, 1]},
-                                      classifier=True).lda_mode == "main"
+                                      classifier=True).backbone.lda_mode == "main"
   assert convert.module_from_official({"use_acl": False}, classifier=False).lda_mode == "v1"
   with pytest.raises(ValueError, match="official CPE is broken"):
     convert.module_from_official({"use_cpe": True}, classifier=False)

@@ -135,7 +135,9 @@ def test_float64_matches_official_float64(pp_run):
   assert cases, "the fixture has float64 references"
   case = cases[0]  # the smallest: one float64 compile per fixture
   with jax.enable_x64(True):
-    module = pp_run["modules"][case].clone(dtype=jnp.float64)
+    module = pp_run["modules"][case]  # the dtype is the backbone's (a classifier composes one)
+    module = (module.clone(backbone=module.backbone.clone(dtype=jnp.float64)) if isinstance(module, CrossFormer)
+              else module.clone(dtype=jnp.float64))
     variables = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), pp_run["variables"])
     x = jnp.asarray(arrays[f"in/{case}"].transpose(0, 2, 3, 1), jnp.float64)
     outs = _official_layout(meta, _apply_fn(meta, module, False)(variables, x))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from backbones import create_model, get_pretrained_cfg, list_models
-from backbones.factory import normalize_out_indices
+from backbones.registry import normalize_out_indices
 
 
 def _output_shapes(module, height, width):

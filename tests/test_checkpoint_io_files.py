@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from backbones import checkpoint_io
+from backbones.weights import converted as checkpoint_io
 
 
 class _Module:  # stands in for a Flax module: save_converted only reads its dataclass fields

@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from backbones import checkpoint_io, create_model, export, hub
+from backbones import create_model, export
+from backbones.weights import converted as checkpoint_io
+from backbones.weights import hub
 
 TINY = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2))
 

@@ -1,4 +1,4 @@
-"""Loading user files never runs code from them (``backbones.safe_io``, ``convert.read_official_checkpoint``)."""
+"""Loading user files never runs code from them (``backbones.weights.files``, ``convert.read_official_checkpoint``)."""
 
 import os
 import sys
@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 
-from backbones import safe_io
+from backbones.weights import files as safe_io
 from backbones.crossformer import convert
 
 torch = pytest.importorskip("torch")

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import backbones
-from backbones import scenic_checkpoint
+from backbones.weights import scenic as scenic_checkpoint
 from projects import registry
 from projects.common import config_utils
 from projects.common import optim

@@ -148,7 +148,7 @@ def test_tiny_job_end_to_end_through_cli(tmp_path, monkeypatch, event_scalars):
 def test_converted_backbone_checkpoint_loads_into_segmentation_params(tmp_path):
   """A converted checkpoint (lead's format) fits ``params["backbone"]`` of the segmentation network."""
   import backbones  # pylint: disable=g-import-not-at-top
-  from backbones import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from backbones.weights import converted as checkpoint_io  # pylint: disable=g-import-not-at-top
   from projects.common import pretrained  # pylint: disable=g-import-not-at-top
   config = config_utils.load_config(_config_path("tiny_ade20k"))
   model = seg_model.SegmentationModel(config, {"num_classes": 150})

@@ -11,13 +11,13 @@ import logging
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from backbones import safe_io
+from backbones.weights import files
+from backbones.weights import tree
 from backbones.crossformer.model import CrossFormer, CrossFormerBackbone
 
 # Non-learned buffers (deterministic functions of the group size and map size): dropped.
@@ -55,14 +55,7 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any]) -> Dict[str, np.ndarray]:
   keys = list(checkpoint)
   if any(k.startswith("backbone.") for k in keys):
     checkpoint = {k[len("backbone."):]: v for k, v in checkpoint.items() if k.startswith("backbone.")}
-  checkpoint = {k[len("module."):] if k.startswith("module.") else k: v for k, v in checkpoint.items()}
-  return {k: _to_numpy(v) for k, v in checkpoint.items()}
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-  if hasattr(value, "detach"):  # a torch tensor; torch itself is never imported here
-    value = value.detach().cpu().numpy()
-  return np.asarray(value)
+  return {k.removeprefix("module."): files.to_numpy(v) for k, v in checkpoint.items()}
 
 
 def official_lda_mode(official_kwargs: Mapping[str, Any]) -> str:
@@ -135,8 +128,9 @@ def module_from_official(official_kwargs: Mapping[str, Any], classifier: bool,
   if kw:
     raise ValueError(f"unknown official CrossFormer arguments: {sorted(kw)}")
   if classifier:
-    return CrossFormer(num_classes=num_classes, dim=dims, global_window_size=tuple(intervals),
-                       local_window_size=group_sizes, depth=config.pop("depths"), **config)
+    backbone = CrossFormerBackbone(dims=dims, group_sizes=group_sizes, intervals=tuple(intervals), **config,
+                                   parent=None)
+    return CrossFormer(num_classes=num_classes, backbone=backbone)
   return CrossFormerBackbone(dims=dims, group_sizes=group_sizes, intervals=tuple(intervals), **config)
 
 
@@ -163,10 +157,9 @@ def _convert_leaf(leaf: str, value: np.ndarray) -> Tuple[str, np.ndarray]:
 
 def expected_param_shapes(module: nn.Module) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
   """Flat ``{path: shape}`` of the module's parameters, without computing anything."""
-  in_chans = module.in_chans
+  in_chans = (module.backbone if isinstance(module, CrossFormer) else module).in_chans
   variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, in_chans)))
-  flat = flax.traverse_util.flatten_dict(variables["params"])
-  return {path: tuple(v.shape) for path, v in flat.items()}
+  return {path: tuple(v.shape) for path, v in tree.flatten(variables["params"], sep=None).items()}
 
 
 def convert_state_dict(state_dict: Mapping[str, Any], module: nn.Module,
@@ -214,7 +207,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], module: nn.Module,
     if strict:
       raise ValueError(f"checkpoint does not fit {type(module).__name__}: {message}")
     logging.warning("checkpoint conversion: %s", message)
-  return {"params": flax.traverse_util.unflatten_dict(params)}
+  return {"params": tree.unflatten(params)}
 
 
 def from_official(state_dict: Mapping[str, Any], *, model: str = "auto", lda_mode: Optional[str] = None,
@@ -251,12 +244,8 @@ def from_official(state_dict: Mapping[str, Any], *, model: str = "auto", lda_mod
 def read_official_checkpoint(path: str) -> Dict[str, np.ndarray]:
   """Reads an official checkpoint file: ``.pth``/``.pt`` (needs torch) or ``.npz`` of state_dict keys.
 
-  Nothing in the file is executed (``backbones.safe_io``: weights-only torch loading with the official yacs
-  config allow-listed, ``.npz`` without pickles). An ``.npz`` whose keys start with ``sd/`` (the parity
-  fixtures' layout) is read from those keys only.
+  Nothing in the file is executed (``backbones.weights.files.read_official``: weights-only torch loading with
+  the official yacs config allow-listed, ``.npz`` without pickles, the ``sd/`` keys of the parity fixtures).
+  mmdet/mmseg files give their ``backbone.*`` keys, prefix removed.
   """
-  if str(path).endswith(".npz"):
-    data = safe_io.load_npz(path)
-    keys = [k for k in data if k.startswith("sd/")] or list(data)
-    return {k[3:] if k.startswith("sd/") else k: data[k] for k in keys}
-  return unwrap_state_dict(safe_io.load_torch_checkpoint(path))
+  return unwrap_state_dict(files.read_official(path)[0])

@@ -250,63 +250,66 @@ class CrossFormerBackbone(nn.Module):
     return features
 
 
+# The seed API's names of four backbone arguments, and the seed classifier's defaults for them.
+SEED_ARGUMENTS = {"dim": "dims", "depth": "depths", "global_window_size": "intervals",
+                  "local_window_size": "group_sizes"}
+SEED_DEFAULTS = dict(dims=(64, 128, 256, 512), depths=(2, 2, 8, 2), intervals=(8, 4, 2, 1), group_sizes=7)
+
+
 class CrossFormer(nn.Module):
-  """CrossFormer image classifier (the seed API): backbone, LayerNorm, mean pool, linear head.
+  """CrossFormer image classifier (the seed API): a :class:`CrossFormerBackbone`, LayerNorm, mean pool, head.
 
   ``CrossFormer(num_classes=1000, dim=(64, 128, 256, 512), depth=(2, 2, 8, 2),
-  global_window_size=(8, 4, 2, 1), local_window_size=7)``; ``dim`` is the per-stage width, ``depth``
-  the blocks per stage, ``global_window_size`` the LDA interval per stage and ``local_window_size`` the
-  SDA group size (an int, one per stage or one list per stage). Takes normalised float NHWC images
-  (``backbones.preprocess.normalize_image``), returns logits. The CrossFormer++ options (``group_type``,
-  ``img_size``, ``use_acl``, ``pad_type``, ``no_mask``, ``adaptive_interval``, per-stage ``mlp_ratio``) are those
-  of :class:`CrossFormerBackbone`.
+  global_window_size=(8, 4, 2, 1), local_window_size=7)``; ``dim`` is the per-stage width, ``depth`` the blocks
+  per stage, ``global_window_size`` the LDA interval per stage and ``local_window_size`` the SDA group size
+  (an int, one per stage or one list per stage): the seed's names of the backbone's ``dims``, ``depths``,
+  ``intervals`` and ``group_sizes``. Every other architecture option (CrossFormer++, dtype, remat, ...) is the
+  backbone's: ``CrossFormer(num_classes=10, backbone=CrossFormerBackbone(dims=..., use_acl=True))`` (give the
+  backbone or the seed arguments, not both). The seed arguments only build the backbone: afterwards they
+  read ``None`` and the architecture lives in ``self.backbone`` alone (its parameters are
+  ``params["backbone"]``). Takes normalised float NHWC images (``backbones.preprocess.normalize_image``),
+  returns logits.
   """
   num_classes: int = 1000
-  dim: Sequence[int] = (64, 128, 256, 512)
-  depth: Sequence[int] = (2, 2, 8, 2)
-  global_window_size: IntOrSeq = (8, 4, 2, 1)
-  local_window_size: IntOrSeq = 7
-  num_heads: Optional[Sequence[int]] = None
-  patch_sizes: Sequence[int] = (4, 8, 16, 32)
-  merge_sizes: Sequence[Sequence[int]] = ((2, 4), (2, 4), (2, 4))
-  mlp_ratio: FloatOrSeq = 4.0
-  qkv_bias: bool = True
-  qk_scale: Optional[float] = None
-  patch_norm: bool = True
-  drop_rate: float = 0.0
-  attn_drop_rate: float = 0.0
-  drop_path_rate: float = 0.0
-  lda_mode: str = "v1"
-  group_type: str = "constant"
-  img_size: IntOrSeq = 224
-  use_acl: bool = False
-  pad_type: int = 0
-  no_mask: bool = False
-  adaptive_interval: bool = False
-  in_chans: int = 3
-  remat: Union[bool, str] = False
-  dtype: Dtype = jnp.float32
+  dim: Optional[Sequence[int]] = None
+  depth: Optional[Sequence[int]] = None
+  global_window_size: Optional[IntOrSeq] = None
+  local_window_size: Optional[IntOrSeq] = None
+  backbone: Optional[CrossFormerBackbone] = None
+
+  def __post_init__(self):
+    seed = {name: getattr(self, arg) for arg, name in SEED_ARGUMENTS.items() if getattr(self, arg) is not None}
+    if self.backbone is not None and seed:
+      raise ValueError(f"give CrossFormer either backbone= or the seed arguments {sorted(SEED_ARGUMENTS)}, not "
+                       f"both (got backbone and {sorted(seed)})")
+    backbone = self.backbone or CrossFormerBackbone(**{**SEED_DEFAULTS, **seed}, parent=None)
+    # Unbound (adopted as the sub-module "backbone"), returning only the last stage.
+    backbone = backbone.clone(parent=None, name=None, out_indices=(len(backbone.dims) - 1,))
+    object.__setattr__(self, "backbone", backbone)
+    for arg in SEED_ARGUMENTS:
+      object.__setattr__(self, arg, None)
+    super().__post_init__()
+
+  @classmethod
+  def from_description(cls, **kwargs: Any) -> "CrossFormer":
+    """The classifier a converted file describes: ``num_classes`` + ``backbone``, or the flat layout of files
+    written before the classifier composed its backbone (the seed names plus every backbone field)."""
+    if "backbone" in kwargs:
+      return cls(**kwargs)
+    num_classes = kwargs.pop("num_classes", 1000)
+    backbone = {SEED_ARGUMENTS.get(k, k): v for k, v in kwargs.items()}
+    return cls(num_classes=num_classes, backbone=CrossFormerBackbone(**{**SEED_DEFAULTS, **backbone}, parent=None))
 
   def backbone_kwargs(self) -> Dict[str, Any]:
-    """The :class:`CrossFormerBackbone` arguments equivalent to this classifier's trunk."""
-    return dict(dims=tuple(self.dim), depths=tuple(self.depth), num_heads=self.num_heads,
-                group_sizes=self.local_window_size, intervals=self.global_window_size,
-                patch_sizes=tuple(self.patch_sizes), merge_sizes=tuple(map(tuple, self.merge_sizes)),
-                mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
-                patch_norm=self.patch_norm, drop_rate=self.drop_rate,
-                attn_drop_rate=self.attn_drop_rate, drop_path_rate=self.drop_path_rate,
-                lda_mode=self.lda_mode, group_type=self.group_type, img_size=self.img_size,
-                use_acl=self.use_acl, pad_type=self.pad_type, no_mask=self.no_mask,
-                adaptive_interval=self.adaptive_interval, in_chans=self.in_chans,
-                remat=self.remat, dtype=self.dtype)
+    """The :class:`CrossFormerBackbone` arguments of this classifier's trunk (``out_indices`` left out)."""
+    return {f: getattr(self.backbone, f) for f in self.backbone.__dataclass_fields__
+            if f not in ("parent", "name", "out_indices")}
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False, return_features: bool = False):
-    kwargs = self.backbone_kwargs()
-    last = len(kwargs["dims"]) - 1
-    feats = CrossFormerBackbone(**kwargs, out_indices=(last,), name="backbone")(x, train)
-    x = LayerNorm(dtype=self.dtype, name="norm")(feats[f"stage_{last + 1}"])
-    pooled = jnp.mean(x.astype(jnp.promote_types(self.dtype, jnp.float32)), axis=(1, 2))
+    dtype = self.backbone.dtype
+    feats = self.backbone(x, train)
+    x = LayerNorm(dtype=dtype, name="norm")(feats[f"stage_{len(self.backbone.dims)}"])
+    pooled = jnp.mean(x.astype(jnp.promote_types(dtype, jnp.float32)), axis=(1, 2))
     logits = nn.Dense(self.num_classes, name="output_projection")(pooled)
     return (logits, pooled) if return_features else logits
-

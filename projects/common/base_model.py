@@ -95,19 +95,15 @@ class BaseModel:
     return int(self.dataset_meta_data["num_classes"])
 
   def build_backbone(self, dtype: Any, out_indices: Tuple[int, ...] = (0, 1, 2, 3)) -> nn.Module:
-    """The injected backbone, or the one ``config.model.backbone`` names via ``backbones.create_model``
-    (keys ``name``, ``overrides``, ``drop_path_rate``, ``lda_mode``, ``remat``; the weights come from
-    ``config.init_from.checkpoint_path``, read by the trainer)."""
+    """The injected backbone, or the one ``config.model.backbone`` describes: ``backbones.build_from_config``
+    hands the block (``name`` plus the family's own keys) to the named variant's family. The weights come
+    from ``config.init_from.checkpoint_path``, read by the trainer."""
     if self._backbone is not None:
       return self._backbone
     import backbones  # pylint: disable=import-outside-toplevel  (only models with a backbone need it)
     cfg = self.config.model.backbone
-    overrides = cfg.get("overrides") or {}
-    overrides = overrides.to_dict() if isinstance(overrides, ml_collections.ConfigDict) else dict(overrides)
-    return backbones.create_model(cfg.name, features_only=True, out_indices=out_indices,
-                                  drop_path_rate=cfg.get("drop_path_rate", 0.0),
-                                  lda_mode=cfg.get("lda_mode", "v1"), remat=cfg.get("remat", False),
-                                  dtype=dtype, **overrides)
+    cfg = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+    return backbones.build_from_config(cfg, out_indices=out_indices, dtype=dtype)
 
   @classmethod
   def num_classes_from_params(cls, params: Mapping[str, Any], config: ml_collections.ConfigDict) -> int:

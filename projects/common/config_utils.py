@@ -22,6 +22,8 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from backbones.weights import files
+
 
 def define_job_flags() -> None:
   """Defines ``--config``, ``--workdir`` and ``--multihost`` at import time of a job's ``main``.
@@ -145,13 +147,8 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> str:
   from projects.common import guards  # pylint: disable=import-outside-toplevel
   guards.check_resume_config(workdir, config)
   path = os.path.join(workdir, "config.json")
-  _write_text_atomic(path, config.to_json_best_effort(indent=2, sort_keys=True))
+  files.write_atomic(path, config.to_json_best_effort(indent=2, sort_keys=True))
   return path
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-  from backbones import checkpoint_io  # pylint: disable=import-outside-toplevel
-  checkpoint_io.write_atomic(path, text.encode())
 
 
 def _json_safe(value: Any) -> Any:
@@ -168,7 +165,7 @@ def _json_safe(value: Any) -> Any:
 
 def write_json(path: str, obj: Any) -> str:
   """Writes ``obj`` as strict JSON atomically: NaN/Inf become ``null`` (never a bare ``NaN``); returns ``path``."""
-  _write_text_atomic(path, json.dumps(_json_safe(obj), indent=2, sort_keys=True, allow_nan=False))
+  files.write_atomic(path, json.dumps(_json_safe(obj), indent=2, sort_keys=True, allow_nan=False))
   return path
 
 

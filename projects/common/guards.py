@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from backbones.weights import tree
+
 # Keys without effect on the trained weights: ignored when comparing a resumed run's config.
 IGNORED_KEYS = ("allow_config_change", "log_summary_steps", "log_eval_steps", "steps_per_eval", "progress_bar",
                 "prefetch_to_device", "checkpoint_steps", "max_checkpoints_to_keep", "max_checkpoint_keep",
@@ -110,15 +112,6 @@ def check_params_finite(step: int, params: Any) -> None:
                          f"update overflowed). Nothing was saved from this step on. Try to {ADVICE}.")
 
 
-def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
-  if isinstance(tree, Mapping):
-    flat: Dict[str, Any] = {}
-    for key, value in tree.items():
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    return flat if flat or not prefix else {prefix[:-1]: {}}
-  return {prefix[:-1]: tree}
-
-
 def _matches(key: str, patterns: Sequence[str]) -> bool:
   return any(key == p or (p.endswith(".") and key.startswith(p)) or key.startswith(p + ".") for p in patterns)
 
@@ -126,7 +119,7 @@ def _matches(key: str, patterns: Sequence[str]) -> bool:
 def config_differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> Dict[str, Tuple[Any, Any]]:
   """``{dotted key: (stored value, new value)}`` of the leaves that differ (JSON-comparable dicts), without
   the ``IGNORED_KEYS``."""
-  a, b = _flatten(stored), _flatten(new)
+  a, b = tree.flatten(stored, sep=".", keep_empty=True), tree.flatten(new, sep=".", keep_empty=True)
   missing = object()
   diffs = {}
   for key in sorted(set(a) | set(b)):

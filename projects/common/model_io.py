@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from backbones import checkpoint_io
+from backbones.weights import files
 from projects import registry
 
 FORMAT = "crossformer-jax-model/1"
@@ -104,7 +104,7 @@ def save_model_file(path: PathLike, config: ml_collections.ConfigDict, variables
     raise ValueError(f"save_model_file: variables need 'params', got {sorted(variables)}")
   payload = {"format": FORMAT, "config": _config_json(config),
              "variables": jax.tree.map(np.asarray, flax.core.unfreeze(dict(variables)))}
-  return checkpoint_io.write_atomic(path, flax.serialization.msgpack_serialize(payload))
+  return files.write_atomic(path, flax.serialization.msgpack_serialize(payload))
 
 
 def load_model_file(path: PathLike) -> Tuple[ml_collections.ConfigDict, Dict[str, Any]]:
@@ -138,40 +138,8 @@ def _lists_to_tuples(value: Any) -> Any:
 # --------------------------------------------------------------------------------- official checkpoints
 
 def read_official_file(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
-  """``(state_dict, meta)`` of an official ``.pth`` (weights_only torch load) or ``.npz`` checkpoint."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"official checkpoint not found: {path}")
-  if path.suffix == ".npz":
-    try:
-      with np.load(path, allow_pickle=False) as data:
-        keys = [k for k in data.files if k.startswith("sd/")] or list(data.files)
-        return {k[3:] if k.startswith("sd/") else k: data[k] for k in keys}, {}
-    except (OSError, ValueError) as e:
-      raise ValueError(f"{path} is not a readable .npz state dict: {e}") from None
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise ImportError(f"reading {path} needs PyTorch (`pip install torch`, CPU is enough), or convert it to "
-                      ".npz elsewhere: numpy.savez(OUT, **{k: v.numpy() for k, v in "
-                      "torch.load(IN, weights_only=True)['state_dict'].items()})") from None
-  try:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f"{path} cannot be loaded safely (torch.load weights_only=True): "
-                     f"{str(e).splitlines()[0][:300]}. Only tensors and plain containers are accepted; "
-                     "re-save its state_dict from a trusted environment") from None
-  if not isinstance(checkpoint, Mapping):
-    raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
-  meta = checkpoint.get("meta") or {}
-  state_dict = checkpoint.get("state_dict", checkpoint)
-  if not isinstance(state_dict, Mapping):
-    raise ValueError(f"{path}: 'state_dict' is a {type(state_dict).__name__}, not a mapping")
-  out = {}
-  for k, v in state_dict.items():
-    k = k[len("module."):] if k.startswith("module.") else k
-    out[k] = v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
-  return out, dict(meta) if isinstance(meta, Mapping) else {}
+  """``(state_dict, meta)`` of an official ``.pth`` or ``.npz`` checkpoint (``backbones.weights.files``)."""
+  return files.read_official(path)
 
 
 def convert_official_checkpoint(source: Union[PathLike, Mapping[str, Any]], config: ml_collections.ConfigDict

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
-from backbones import checkpoint_io
+from backbones.weights import files
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 SOURCE_KEY = "source"
@@ -67,9 +67,8 @@ def output_bases(inputs: Sequence[pathlib.Path], root: Optional[pathlib.Path], o
   return {p: base.with_name(f"{base.name}_{i}") for i, (p, base) in enumerate(sorted(bases.items()))}
 
 
-def atomic_write(path: pathlib.Path, data: bytes) -> pathlib.Path:
-  """Writes ``data`` to ``path`` atomically with normal permissions (``backbones.checkpoint_io.write_atomic``)."""
-  return checkpoint_io.write_atomic(path, data)
+# The one atomic writer (the predict commands' name for it).
+atomic_write = files.write_atomic
 
 
 def png_bytes(array: np.ndarray, source: str) -> bytes:

@@ -23,6 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from backbones.weights import tree
 from projects.common import config_utils
 from projects.common import model_io
 from projects.common.base_model import BaseModel
@@ -95,10 +96,6 @@ def _config_json(workdir: pathlib.Path) -> Optional[pathlib.Path]:
   return path if path.is_file() else None
 
 
-def _flat(tree: Any) -> Dict[str, Any]:
-  return {"/".join(k): v for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()}
-
-
 def read_orbax_variables(step_dir: pathlib.Path) -> Dict[str, Any]:
   """``{"params": ..., **model_state}`` (numpy) of a trainer checkpoint step (``TrainState`` saved by orbax)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
@@ -147,20 +144,11 @@ def check_variables(model: BaseModel, variables: Mapping[str, Any], source: str)
 
   Raises ``ValueError`` naming the missing / unexpected / mismatched paths and ``source``.
   """
-  expected, given = _flat(model_io.variable_shapes(model)), _flat(variables)
-  missing = sorted(set(expected) - set(given))
-  unexpected = sorted(set(given) - set(expected))
-  mismatched = sorted(f"{k} {tuple(np.shape(given[k]))} vs model {tuple(expected[k].shape)}"
-                      for k in set(expected) & set(given) if tuple(np.shape(given[k])) != tuple(expected[k].shape))
-  if missing or unexpected or mismatched:
-    def show(items):
-      return ", ".join(items[:6]) + (f" ... (+{len(items) - 6})" if len(items) > 6 else "")
-    problems = [f"{len(v)} {name} [{show(v)}]" for name, v in
-                (("shape mismatches", mismatched), ("missing", missing), ("unexpected", unexpected)) if v]
-    raise ValueError(f"the checkpoint {source} does not fit the model of the config (another model, size or "
-                     f"class count? pass the config it was trained with): " + "; ".join(problems))
+  expected, given = tree.flatten(model_io.variable_shapes(model)), tree.flatten(variables)
+  tree.compare_shapes(expected, given).raise_if_bad(
+      f"the checkpoint {source}", "another model, size or class count? pass the config it was trained with")
   cast = {k: np.asarray(v, dtype=expected[k].dtype) for k, v in given.items()}
-  return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in cast.items()})
+  return tree.unflatten(cast)
 
 
 def restore_model(config_or_path: ConfigOrPath, checkpoint: Union[str, os.PathLike],

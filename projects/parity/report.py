@@ -6,7 +6,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from backbones.safe_io import load_npz
+from backbones.weights.files import load_npz
 
 # shared/docs/fixtures.md: float32 tensors and losses atol = rtol = 1e-4; boxes 1e-3 px; scores 1e-5.
 TENSOR_TOL = (1e-4, 1e-4)

@@ -22,9 +22,12 @@ import pathlib
 import tempfile
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
-import flax
 import flax.linen as nn
 import numpy as np
+
+from backbones.weights import description
+from backbones.weights import files
+from backbones.weights import tree
 
 HUB_PREFIX = "hf-hub:"
 WEIGHTS_NAME = "model.safetensors"
@@ -37,28 +40,18 @@ def is_hub_id(source: Any) -> bool:
   return isinstance(source, str) and source.startswith(HUB_PREFIX)
 
 
-def _flatten(variables: Mapping[str, Any]) -> Dict[str, np.ndarray]:
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables))
-  return {"/".join(key): np.ascontiguousarray(np.asarray(value)) for key, value in flat.items()}
-
-
-def _unflatten(tensors: Mapping[str, np.ndarray]) -> Dict[str, Any]:
-  return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in tensors.items()})
-
-
 def write_safetensors(path: PathLike, module: nn.Module, variables: Mapping[str, Any]) -> pathlib.Path:
   """Writes ``module``'s architecture and ``variables`` as one ``.safetensors`` file, atomically."""
-  from safetensors.numpy import save  # pylint: disable=g-import-not-at-top
-  from backbones import checkpoint_io  # pylint: disable=g-import-not-at-top  (checkpoint_io imports us)
-  metadata = {"format": checkpoint_io.FORMAT, "module": type(module).__name__,
-              "kwargs": checkpoint_io.architecture_json(module)}
-  return checkpoint_io.write_atomic(path, save(_flatten(variables), metadata=metadata))
+  from safetensors.numpy import save  # pylint: disable=g-import-not-at-top  (optional dependency)
+  metadata = {"format": description.FORMAT, "module": type(module).__name__,
+              "kwargs": description.architecture_json(module)}
+  tensors = {k: np.ascontiguousarray(np.asarray(v)) for k, v in tree.flatten(variables).items()}
+  return files.write_atomic(path, save(tensors, metadata=metadata))
 
 
 def read_safetensors(path: PathLike) -> Tuple[nn.Module, Dict[str, Any]]:
   """Reads a file written by :func:`write_safetensors`: ``(module, variables)``."""
-  from safetensors import SafetensorError, safe_open  # pylint: disable=g-import-not-at-top
-  from backbones import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from safetensors import SafetensorError, safe_open  # pylint: disable=g-import-not-at-top  (optional)
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -68,25 +61,24 @@ def read_safetensors(path: PathLike) -> Tuple[nn.Module, Dict[str, Any]]:
       tensors = {key: f.get_tensor(key) for key in f.keys()}
   except (SafetensorError, OSError, ValueError) as e:
     raise ValueError(f"{path} is not a valid .safetensors file: {e}") from None
-  if metadata.get("format") != checkpoint_io.FORMAT or "module" not in metadata:
+  if metadata.get("format") != description.FORMAT or "module" not in metadata:
     raise ValueError(f"{path} is a safetensors file but not a converted CrossFormer checkpoint (its "
-                     f"metadata lacks format {checkpoint_io.FORMAT!r}); convert official weights with "
+                     f"metadata lacks format {description.FORMAT!r}); convert official weights with "
                      "`python -m backbones.convert_checkpoint`")
-  module = checkpoint_io.module_from_description(metadata["module"], metadata.get("kwargs", "{}"), path)
-  return module, _unflatten(tensors)
+  module = description.module_from_description(metadata["module"], metadata.get("kwargs", "{}"), path)
+  return module, tree.unflatten(tensors)
 
 
 def save_pretrained(directory: PathLike, module: nn.Module, variables: Mapping[str, Any],
                     pretrained_cfg: Optional[Mapping[str, Any]] = None) -> pathlib.Path:
   """Writes ``directory/model.safetensors`` and ``directory/config.json`` (timm's Hub layout)."""
-  from backbones import checkpoint_io  # pylint: disable=g-import-not-at-top
   directory = pathlib.Path(directory)
   write_safetensors(directory / WEIGHTS_NAME, module, variables)
   config = {"architecture": type(module).__name__,
-            "model_args": json.loads(checkpoint_io.architecture_json(module)),
+            "model_args": description.architecture(module),
             "pretrained_cfg": dict(pretrained_cfg or {})}
   text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-  checkpoint_io.write_atomic(directory / CONFIG_NAME, text.encode())
+  files.write_atomic(directory / CONFIG_NAME, text)
   return directory
 
 

@@ -18,7 +18,7 @@ import flax
 import jax
 import numpy as np
 
-from backbones import checkpoint_io
+from backbones.weights import files
 
 PathLike = Union[str, os.PathLike]
 PREFIX = "checkpoint_"
@@ -45,7 +45,7 @@ def save_scenic_checkpoint(directory: PathLike, backbone_params: Any, step: int 
       "rng": np.zeros((2,), np.uint32),
       "metadata": {str(k): str(v) for k, v in (metadata or {}).items()},
   }
-  return checkpoint_io.write_atomic(path, flax.serialization.msgpack_serialize(state))
+  return files.write_atomic(path, flax.serialization.msgpack_serialize(state))
 
 
 def find_scenic_checkpoint(path: PathLike) -> Optional[pathlib.Path]:
