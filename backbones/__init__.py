@@ -13,7 +13,7 @@ from backbones.weights.hub import load_pretrained, save_pretrained
 __all__ = [
     "CrossFormer", "CrossFormerBackbone", "FeatureInfo", "build_from_config", "check_input", "convert_state_dict",
     "create_model", "from_official", "get_pretrained_cfg", "list_models", "load_backbone_params", "load_converted",
-    "load_pretrained", "load_variables", "model_info", "pad_to_valid_size", "padded_size", "register_backbone", "register_family",
-    "save_converted", "save_pretrained", "stage_sizes",
+    "load_pretrained", "load_variables", "model_info", "pad_to_valid_size", "padded_size", "register_backbone",
+    "register_family", "save_converted", "save_pretrained", "stage_sizes",
 ]
 
