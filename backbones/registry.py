@@ -160,7 +160,7 @@ def create_model(model_name: str, *, features_only: bool = True, out_indices: Se
     features_only: the dense backbone returning ``{'stage_i': map}`` (else the classifier).
     out_indices: which stages the backbone returns: 0..3, or negative from the last (timm's ``-1``).
     checkpoint: where the weights come from: a converted ``.msgpack``/``.safetensors``
-      (``backbones.convert_checkpoint``), a Hub id ``hf-hub:ORG/NAME`` or a folder in the Hub layout
+      (``projects.convert_checkpoint``), a Hub id ``hf-hub:ORG/NAME`` or a folder in the Hub layout
       (``backbones.weights.hub``), or an official ``.pth``/``.npz`` state_dict; when given,
       ``(module, variables)`` is returned.
     pretrained: timm's name for ``checkpoint`` (give one of the two).

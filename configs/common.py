@@ -65,7 +65,7 @@ def trainer_config(num_training_steps: Optional[int], batch_size: int, *, rng_se
 
 def init_from_config(checkpoint_path: Optional[str] = None) -> ml_collections.ConfigDict:
   """``config.init_from``: ``checkpoint_path`` = a converted backbone (``.msgpack``, a Scenic train-state
-  checkpoint written by ``backbones.convert_checkpoint --format scenic``, or an official ``.pth``/``.npz``)
+  checkpoint written by ``projects.convert_checkpoint --format scenic``, or an official ``.pth``/``.npz``)
   loaded into ``params["backbone"]``."""
   return ml_collections.ConfigDict(dict(
       checkpoint_path=checkpoint_path if checkpoint_path else config_dict.placeholder(str)))

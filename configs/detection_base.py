@@ -48,7 +48,7 @@ replaces them at run time in our job). Set ``--config.num_training_epochs=0 --co
 train exactly N steps with the given ``lr_configs.decay_events``.
 
 The released results use an ImageNet-pretrained backbone: set ``init_from.checkpoint_path`` to a converted
-checkpoint (``python -m backbones.convert_checkpoint``).
+checkpoint (``python -m projects.convert_checkpoint``).
 """
 
 import math

@@ -28,7 +28,7 @@ Recipes:
   ``lr_configs.decay_steps`` follows ``num_training_steps`` (a ``FieldReference``).
 
 The released results use an ImageNet-pretrained backbone: set ``init_from.checkpoint_path`` to a converted
-checkpoint (``python -m backbones.convert_checkpoint``).
+checkpoint (``python -m projects.convert_checkpoint``).
 """
 
 from typing import Optional, Sequence

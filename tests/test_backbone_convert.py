@@ -112,5 +112,5 @@ def test_converted_file_round_trip_and_create_model(tmp_path):
 
 
 def test_missing_converted_file_names_the_command(tmp_path):
-  with pytest.raises(FileNotFoundError, match="backbones.convert_checkpoint"):
+  with pytest.raises(FileNotFoundError, match="projects.convert_checkpoint"):
     load_converted(tmp_path / "absent.msgpack")

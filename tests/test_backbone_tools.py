@@ -6,16 +6,17 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from backbones import convert_checkpoint, extract_features, load_converted
+from backbones import extract_features, load_converted
+from projects import convert_checkpoint
 from backbones.preprocess import normalize_image
 
 
 def test_convert_then_extract_at_each_images_own_size(official_fixtures_dir, tmp_path):
   meta = json.loads((official_fixtures_dir / "public_backbone_v1.json").read_text())
   converted = tmp_path / "fixture.msgpack"
-  convert_checkpoint.main(["--input", str(official_fixtures_dir / "public_backbone_v1.npz"),
-                           "--official_kwargs", json.dumps(meta["constructor_kwargs"]),
-                           "--output", str(converted)])
+  assert convert_checkpoint.main(["--input", str(official_fixtures_dir / "public_backbone_v1.npz"),
+                                  "--official_kwargs", json.dumps(meta["constructor_kwargs"]),
+                                  "--output", str(converted)]) == 0
   module, variables = load_converted(converted)
 
   images = tmp_path / "images"

@@ -356,11 +356,11 @@ def test_official_checkpoint_converted_for_scenic_loads_every_leaf(tmp_path, off
   ``create_model("crossformer_t", name="backbone")``."""
   import json  # pylint: disable=import-outside-toplevel
   from flax.training import checkpoints  # pylint: disable=import-outside-toplevel
-  from backbones import convert_checkpoint  # pylint: disable=import-outside-toplevel
+  from projects import convert_checkpoint  # pylint: disable=import-outside-toplevel
   meta = json.loads((official_fixtures_dir / "keys_crossformer_t_backbone.json").read_text())
   np.savez(tmp_path / "official.npz", **{k["key"]: np.full(k["shape"], 0.5, k["dtype"]) for k in meta["keys"]})
-  convert_checkpoint.main(["--input", str(tmp_path / "official.npz"), "--variant", "crossformer_t",
-                           "--format", "scenic", "--output", str(tmp_path / "scenic")])
+  assert convert_checkpoint.main(["--input", str(tmp_path / "official.npz"), "--variant", "crossformer_t",
+                                  "--format", "scenic", "--output", str(tmp_path / "scenic")]) == 0
   restored = checkpoints.restore_checkpoint(str(tmp_path / "scenic"), None)
 
   class _Embedding(nn.Module):

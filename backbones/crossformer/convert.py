@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from backbones import registry
 from backbones.weights import files
 from backbones.weights import tree
 from backbones.crossformer.model import CrossFormer, CrossFormerBackbone
@@ -249,3 +250,23 @@ def read_official_checkpoint(path: str) -> Dict[str, np.ndarray]:
   mmdet/mmseg files give their ``backbone.*`` keys, prefix removed.
   """
   return unwrap_state_dict(files.read_official(path)[0])
+
+
+def convert_official_file(path: Any, variant: Optional[str] = None, official_kwargs: Optional[Mapping[str, Any]] = None,
+                          model: str = "auto", lda_mode: Optional[str] = None) -> Tuple[Any, Dict[str, Any]]:
+  """``(module, variables)`` of an official CrossFormer file (``.pth`` needs torch, ``.npz`` does not).
+
+  ``variant`` names the architecture (a ``backbones.list_models()`` name) or ``official_kwargs`` gives the
+  official constructor's arguments; ``model``: ``"classifier"`` keeps the head, ``"backbone"`` the dense
+  backbone only, ``"auto"`` keeps the head when the file has one (mmseg/mmdet files give their backbone).
+  """
+  if (variant is None) == (official_kwargs is None):
+    raise ValueError("give exactly one of variant (e.g. crossformer_s) and official_kwargs")
+  state_dict = unwrap_state_dict(read_official_checkpoint(path))
+  if official_kwargs is not None:
+    return from_official(state_dict, model=model, lda_mode=lda_mode, **dict(official_kwargs))
+  classifier = model == "classifier" or (model == "auto" and "head.weight" in state_dict)
+  num_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else 1000
+  options = {"lda_mode": lda_mode} if lda_mode else {}
+  module = registry.create_model(variant, features_only=not classifier, num_classes=num_classes, **options)
+  return module, convert_state_dict(state_dict, module)

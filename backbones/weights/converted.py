@@ -43,7 +43,7 @@ def load_converted(path: PathLike) -> Tuple[nn.Module, Dict[str, Any]]:
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"no converted CrossFormer checkpoint at {path}; make one with "
-                            "`python -m backbones.convert_checkpoint --input OFFICIAL.pth "
+                            "`python -m projects.convert_checkpoint --input OFFICIAL.pth "
                             f"--variant crossformer_s --output {path}`")
   try:
     payload = flax.serialization.msgpack_restore(path.read_bytes())

@@ -64,7 +64,7 @@ def read_safetensors(path: PathLike) -> Tuple[nn.Module, Dict[str, Any]]:
   if metadata.get("format") != description.FORMAT or "module" not in metadata:
     raise ValueError(f"{path} is a safetensors file but not a converted CrossFormer checkpoint (its "
                      f"metadata lacks format {description.FORMAT!r}); convert official weights with "
-                     "`python -m backbones.convert_checkpoint`")
+                     "`python -m projects.convert_checkpoint`")
   module = description.module_from_description(metadata["module"], metadata.get("kwargs", "{}"), path)
   return module, tree.unflatten(tensors)
 

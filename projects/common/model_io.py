@@ -119,7 +119,7 @@ def load_model_file(path: PathLike) -> Tuple[ml_collections.ConfigDict, Dict[str
     raise ValueError(f"{path} is not a model file (not msgpack: {type(e).__name__})") from None
   if not isinstance(payload, dict) or "format" not in payload:
     raise ValueError(f"{path} is not a model file (no format tag; a backbone-only file from "
-                     "backbones.convert_checkpoint?)")
+                     "projects.convert_checkpoint?)")
   if payload["format"] != FORMAT:
     raise ValueError(f"{path} has format {payload['format']!r}, expected {FORMAT!r}")
   config = ml_collections.ConfigDict(_lists_to_tuples(json.loads(payload["config"])))

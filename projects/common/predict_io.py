@@ -25,7 +25,6 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 from tqdm import tqdm
 
-from backbones.weights import files
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 SOURCE_KEY = "source"
@@ -66,9 +65,6 @@ def output_bases(inputs: Sequence[pathlib.Path], root: Optional[pathlib.Path], o
   # Still clashing (e.g. names that only differ in case of the extension): number them.
   return {p: base.with_name(f"{base.name}_{i}") for i, (p, base) in enumerate(sorted(bases.items()))}
 
-
-# The one atomic writer (the predict commands' name for it).
-atomic_write = files.write_atomic
 
 
 def png_bytes(array: np.ndarray, source: str) -> bytes:

@@ -1,7 +1,7 @@
 """Initialising ``params["backbone"]`` from a pretrained checkpoint (``config.init_from.checkpoint_path``).
 
 Accepted: a Scenic train-state checkpoint (a ``checkpoint_<step>`` file or a directory of them, e.g. written
-by ``python -m backbones.convert_checkpoint --format scenic``: its ``params["backbone"]``), a converted
+by ``python -m projects.convert_checkpoint --format scenic``: its ``params["backbone"]``), a converted
 ``.msgpack`` or an official ``.pth`` / ``.npz`` state_dict (``backbones.load_backbone_params``).
 """
 

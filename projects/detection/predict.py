@@ -21,6 +21,7 @@ import pathlib
 import sys
 from typing import Any, Dict, Optional, Sequence
 
+from backbones.weights import files
 from projects.common import images as images_lib
 from projects.common import predict_io
 from projects.common import restore
@@ -66,8 +67,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                "image_id": image_id, "results": detections.to_coco(image_id)}
     picture = visualize.draw_detections(rgb, detections.boxes, detections.labels, detections.scores,
                                         detector.class_names, score_threshold=threshold)
-    predict_io.atomic_write(pathlib.Path(str(base) + SUFFIXES[0]), predict_io.json_bytes(payload, source))
-    predict_io.atomic_write(pathlib.Path(str(base) + SUFFIXES[1]), predict_io.png_bytes(picture, source))
+    files.write_atomic(pathlib.Path(str(base) + SUFFIXES[0]), predict_io.json_bytes(payload, source))
+    files.write_atomic(pathlib.Path(str(base) + SUFFIXES[1]), predict_io.png_bytes(picture, source))
 
   summary = predict_io.run_over_inputs(args.input, args.output_dir, SUFFIXES, predict_and_write,
                                        overwrite=args.overwrite, desc="detect")

@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
+from backbones.weights import files
 from projects.common import images as images_lib
 from projects.common import predict_io
 from projects.common import restore
@@ -55,9 +56,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     rgb = images_lib.read_image(path)
     label_map = segmenter(rgb)
     overlay = visualize.overlay_with_legend(rgb, label_map, segmenter.class_names, colors, args.alpha)
-    predict_io.atomic_write(pathlib.Path(str(base) + SUFFIXES[0]),
+    files.write_atomic(pathlib.Path(str(base) + SUFFIXES[0]),
                             predict_io.png_bytes(label_array(label_map, segmenter.num_classes), source))
-    predict_io.atomic_write(pathlib.Path(str(base) + SUFFIXES[1]), predict_io.png_bytes(overlay, source))
+    files.write_atomic(pathlib.Path(str(base) + SUFFIXES[1]), predict_io.png_bytes(overlay, source))
 
   summary = predict_io.run_over_inputs(args.input, args.output_dir, SUFFIXES, predict_and_write,
                                        overwrite=args.overwrite, desc="segment")
