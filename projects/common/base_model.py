@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from backbones.weights import tree
+
 Batch = Mapping[str, Any]
 MetricFn = Callable[[Any, Batch], Dict[str, Tuple[jnp.ndarray, jnp.ndarray]]]
 
@@ -49,7 +51,7 @@ def psum_metrics(metrics: Mapping[str, Tuple[Any, Any]], axis_name: Any) -> Dict
 def param_shapes(params: Mapping[str, Any], suffix: str, prefix: str = "") -> list:
   """Shapes of the parameters whose ``/``-joined path starts with ``prefix`` and ends with ``suffix`` (for
   class-count readers: ``param_shapes(params, "conv_seg/kernel", "decode_head/")``)."""
-  flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+  flat = tree.flatten(params)
   return [tuple(jnp.shape(v)) for k, v in flat.items() if k.startswith(prefix) and k.endswith(suffix)]
 
 

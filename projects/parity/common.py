@@ -1,7 +1,7 @@
 """What the segmentation and detection runners share: the given pyramid as a backbone, case inputs, layouts."""
 
 import re
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -55,9 +55,10 @@ def nchw(x: Any) -> np.ndarray:
   return np.transpose(np.asarray(x), (0, 3, 1, 2))
 
 
-def convert_weights(arrays: Mapping[str, np.ndarray], expected: Mapping[str, Any], report: Any
-                    ) -> Tuple[Dict[str, Any], bool]:
-  """The fixture's ``sd/`` converted with the checkpoint converter's mapping; problems are report failures."""
+def convert_weights(arrays: Mapping[str, np.ndarray], expected: Mapping[str, Any], report: Any,
+                    cases_run: Sequence[str]) -> Optional[Dict[str, Any]]:
+  """The fixture's ``sd/`` converted with the checkpoint converter's mapping; problems are report failures.
+  ``None`` when it does not fit: every output of ``cases_run`` is then failed as not run."""
   variables, conversion = official.convert_state_dict(state_dict(arrays), expected, strict=False)
   for key in conversion.unexpected:
     report.fail(f"sd/{key}", "official key with no place in the model built from mm_config")
@@ -65,4 +66,9 @@ def convert_weights(arrays: Mapping[str, np.ndarray], expected: Mapping[str, Any
     report.fail(f"sd/{item.split(' ')[0]}", f"shape mismatch: {item}")
   for path in conversion.missing:
     report.fail(f"param {path}", "model parameter missing from sd/")
-  return variables, conversion.ok
+  if not conversion.ok:
+    for case in cases_run:
+      for key in outputs_of(arrays, case):
+        report.fail(key, "not run: the sd/ weights do not fit the model built from mm_config")
+    return None
+  return variables

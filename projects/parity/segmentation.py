@@ -46,11 +46,8 @@ def run(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], report: Any) 
   names = common.cases(arrays, meta)
   first = common.pyramid(arrays, names[0])
   model = build(meta, [x.shape[-1] for x in first])
-  variables, converted = common.convert_weights(arrays, variable_shapes(model), report)
-  if not converted:
-    for case in names:
-      for key in common.outputs_of(arrays, case):
-        report.fail(key, "not run: the sd/ weights do not fit the model built from mm_config")
+  variables = common.convert_weights(arrays, variable_shapes(model), report, names)
+  if variables is None:
     return
   net = model.flax_model
   aux_weight = (model.model_config.get("auxiliary_head") or {}).get("loss_weight", 1.0)
