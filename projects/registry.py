@@ -31,12 +31,16 @@ _DECLARATIONS_IMPORTED = False
 DATASETS: Dict[str, str] = {
     "ade20k": "projects.segmentation.data.pipeline:get_dataset",
     "coco": "projects.detection.data.input_pipeline:get_dataset",
+    "imagenet2012": "projects.classification.data.pipeline:get_dataset",
+    "image_folder": "projects.classification.data.pipeline:get_dataset",
 }
 # dataset_name -> "module:function": ``dataset_meta(config)`` -> ``{"num_classes", "class_names", ...}`` or
 # None: the facts a restored or converted model needs about its dataset without reading the data.
 DATASET_META: Dict[str, str] = {
     "ade20k": "projects.segmentation.data.ade20k_classes:dataset_meta",
     "coco": "projects.detection.data.coco_classes:dataset_meta",
+    "imagenet2012": "projects.classification.data.datasets:dataset_meta",
+    "image_folder": "projects.classification.data.datasets:dataset_meta",
 }
 TRAINERS: Dict[str, str] = {
     "crossformer_trainer": "projects.common.trainer:train_and_evaluate",
