@@ -46,11 +46,16 @@ def normalize(image: tf.Tensor) -> tf.Tensor:
   return (tf.cast(image, tf.float32) - MEAN) / STD
 
 
+def _as_bytes(value) -> bytes:
+  """``tf.numpy_function``'s view of a scalar string (bytes inside tf.data, a 0-d array eagerly) as bytes."""
+  return bytes(value) if isinstance(value, bytes) else value.item()
+
+
 def eval_image(data: tf.Tensor, crop_size: int = 224, resize_size: Optional[int] = None) -> tf.Tensor:
   """The normalised (crop, crop, 3) float32 official evaluation input of encoded image bytes."""
   resize_size = resize_size or eval_transform.resize_size_for_crop(crop_size)
-  pixels = tf.numpy_function(lambda d: eval_transform.eval_bytes(d.item(), crop_size, resize_size), [data], tf.uint8,
-                             stateful=False)
+  pixels = tf.numpy_function(lambda d: eval_transform.eval_bytes(_as_bytes(d), crop_size, resize_size), [data],
+                             tf.uint8, stateful=False)
   return normalize(tf.ensure_shape(pixels, (crop_size, crop_size, 3)))
 
 

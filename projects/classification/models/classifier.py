@@ -21,6 +21,7 @@ Loss and metrics follow Scenic (``model_lib/base_models/classification_model.py`
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -79,6 +80,20 @@ def top_k_correct(logits: jnp.ndarray, targets: jnp.ndarray, k: int) -> jnp.ndar
   k = min(k, logits.shape[-1])
   _, top = jax.lax.top_k(logits, k)
   return jnp.any(top == jnp.argmax(targets, axis=-1)[:, None], axis=-1).astype(jnp.float32)
+
+
+class ClassifierNet(nn.Module):
+  """The Scenic call convention (``apply(variables, x, train=..., debug=...)``) around a classifier, sharing
+  its scope: the variables are the classifier's own (``backbone``, ``norm``, ``output_projection``)."""
+  classifier: nn.Module
+
+  def setup(self) -> None:
+    nn.share_scope(self, self.classifier)
+
+  def __call__(self, inputs: jnp.ndarray, train: bool = False, debug: bool = False) -> jnp.ndarray:
+    """``(B, K)`` logits; ``debug`` is part of Scenic's convention and changes nothing here."""
+    del debug
+    return self.classifier(inputs, train=train)
 
 
 @registry.register_model("crossformer_classification")
@@ -159,8 +174,8 @@ class ClassificationModel(BaseModel):
       if cfg.get(key) is not None:
         overrides[key] = cfg.get(key)
     dtype = jnp.dtype(self.model_config.get("dtype", "float32"))
-    return backbones.create_model(cfg.name, features_only=False, num_classes=self.num_classes, dtype=dtype,
-                                  **overrides)
+    return ClassifierNet(backbones.create_model(cfg.name, features_only=False, num_classes=self.num_classes,
+                                                dtype=dtype, **overrides))
 
   def default_flax_model_config(self) -> ml_collections.ConfigDict:
     """A tiny CrossFormer classifier config (the structure of the real recipes, small widths)."""
