@@ -30,7 +30,7 @@ def captioned(image: np.ndarray, lines: Sequence[str], color: Sequence[int], til
 
 
 def prediction_grid(images: np.ndarray, labels: Sequence[Optional[int]], top: np.ndarray,
-                    class_names: Sequence[str], tile: int = 96, columns: int = 8,
+                    class_names: Sequence[str], tile: int = 128, columns: int = 8,
                     normalized: bool = True) -> np.ndarray:
   """(H, W, 3) uint8 grid: each image with ``true: <name>`` (when known) and ``pred: <top-1 name>``, green
   when right, red when wrong (black without a label). ``images`` are normalised model inputs unless

@@ -3,8 +3,9 @@
     python -m projects.classification.data.make_synthetic --out_dir DIR [--num_train 40 --num_val 10]
 
 Writes ``DIR/train/<class>/*.{jpg,png}`` and ``DIR/val/<class>/*`` (the ``image_folder`` layout): four
-classes, each a pattern with its own hue (``horizontal_stripes`` reddish, ``vertical_stripes`` greenish,
-``checkerboard`` bluish, ``dots`` yellowish) on a noisy background, in random sizes and aspect ratios.
+classes, each a pattern (``horizontal_stripes``, ``vertical_stripes``, ``checkerboard``, ``dots``) drawn in
+its class's hue (reddish, greenish, bluish, yellowish) for half of the images and a random one for the
+others, on a noisy background, in random sizes and aspect ratios.
 """
 
 import argparse
@@ -32,7 +33,9 @@ def draw(name: str, height: int, width: int, rng: np.random.Generator) -> np.nda
     mask = ((rows // period) + (cols // period)) % 2 == 0
   else:
     mask = ((rows % period - period / 2) ** 2 + (cols % period - period / 2) ** 2) < (period / 3) ** 2
-  color = np.asarray(_HUES[name], np.float64) + rng.normal(0, 20, 3)
+  # Half the images take their class's hue, the other half a random one: the pattern must be learnt too.
+  hue = _HUES[name] if rng.random() < 0.5 else rng.uniform(40, 230, 3)
+  color = np.asarray(hue, np.float64) + rng.normal(0, 20, 3)
   background = rng.uniform(20, 120, 3) + rng.normal(0, 12, (height, width, 3))
   image = np.where(mask[..., None], color, background)
   return np.clip(image, 0, 255).astype(np.uint8)
