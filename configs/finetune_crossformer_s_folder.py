@@ -1,10 +1,12 @@
 """Fine-tune CrossFormer-S (ImageNet weights) on your own classes: one sub-folder per class.
 
+python -m backbones.convert_checkpoint --input crossformer-s.pth --variant crossformer_s --output cf_s.msgpack
 python -m projects.classification.main --config configs/finetune_crossformer_s_folder.py --workdir workdirs/ft \
-    --config.dataset.manual_dir=PHOTOS --config.init_from.checkpoint_path=crossformer-s.pth
+    --config.dataset.manual_dir=PHOTOS --config.init_from.checkpoint_path=cf_s.msgpack
 
 PHOTOS holds train/<class>/ and val/<class>/ (or <class>/ folders with --config.dataset.val_fraction=0.1); the
-checkpoint is the official ImageNet one (.pth/.npz) or a converted one (python -m backbones.convert_checkpoint).
+checkpoint is the official ImageNet one converted by backbones.convert_checkpoint (its trunk is loaded, its
+1000-class head is not).
 """
 
 from configs import classification_base

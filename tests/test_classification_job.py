@@ -144,3 +144,23 @@ def test_official_layout_checkpoint_converts_and_evaluates(folder, tmp_path):
   np.savez(tmp_path / "bad.npz", **bad)
   with pytest.raises(ValueError, match=r"head\.weight"):
     restore.restore_model(str(config_path), tmp_path / "bad.npz")
+
+
+def test_finetune_takes_the_trunk_of_an_official_classifier_and_a_fresh_head(folder, tmp_path):
+  """``init_from.checkpoint_path`` = a converted ImageNet classifier (``backbones.convert_checkpoint`` output;
+  here a tiny one with 1000 classes): the trunk is loaded into ``params["backbone"]``; the head for the folder's
+  4 classes stays the fresh one."""
+  import backbones  # pylint: disable=import-outside-toplevel
+  from projects.common import pretrained  # pylint: disable=import-outside-toplevel
+  root, manual = folder
+  config = _config(root / "tfds", manual)
+  imagenet = model_io.build_model(config, {"num_classes": 1000}, inference=True)
+  pretrained_vars = jax.tree.map(np.asarray, imagenet.flax_model.init(jax.random.PRNGKey(5), np.zeros((1, 32, 32, 3))))
+  backbones.save_converted(tmp_path / "imagenet_tiny.msgpack", imagenet.flax_model.classifier, pretrained_vars)
+  model = model_io.build_model(config)
+  params = jax.tree.map(np.asarray, model.flax_model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3))))["params"]
+  loaded = pretrained.load_pretrained_backbone(dict(params), str(tmp_path / "imagenet_tiny.msgpack"))
+  for a, b in zip(jax.tree.leaves(loaded["backbone"]), jax.tree.leaves(pretrained_vars["params"]["backbone"])):
+    np.testing.assert_array_equal(a, b)
+  assert loaded["output_projection"]["kernel"].shape == (128, 4)
+  np.testing.assert_array_equal(loaded["output_projection"]["kernel"], params["output_projection"]["kernel"])
