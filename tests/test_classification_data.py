@@ -125,3 +125,21 @@ def test_imagenet_wiring_without_the_tar_files(tmp_path):
   assert meta["num_classes"] == 1000 and meta["class_names"][0] == "n01440764"
   with pytest.raises(FileNotFoundError, match=r"ILSVRC2012_img_val\.tar .*--dataset imagenet2012"):
     datasets.load_builder(config)
+
+
+def test_official_train_augmentation_runs_in_tf_data():
+  """RandAugment (Keras 3's layer) + flip + random resized crop + random erasing on one image, in tf.data."""
+  tf = pytest.importorskip("tensorflow")
+  augment = transforms.TrainAugment(crop_size=32, rand_augment="rand-m9-mstd0.5-inc1", color_jitter=0.4,
+                                    erase_prob=1.0)
+  assert augment.rand_augment == {"num_ops": 2, "factor": 0.9, "magnitude_std": 0.5, "increasing": True}
+  assert augment.color_jitter == 0.0  # timm: no colour jitter together with an auto-augment policy
+  layers = augment.build()
+  assert [type(layer).__name__ for layer in layers] == ["RandAugment"]
+  image = tf.cast(tf.random.stateless_uniform((50, 70, 3), (1, 2), 0, 255), tf.uint8)
+  ds = tf.data.Dataset.range(3).map(lambda i: augment(image, tf.stack([i, tf.constant(7, tf.int64)])))
+  outputs = [x.numpy() for x in ds]
+  assert all(x.shape == (32, 32, 3) and np.isfinite(x).all() for x in outputs)
+  assert not np.allclose(outputs[0], outputs[1])
+  with pytest.raises(ValueError, match="rand_augment"):
+    transforms.parse_rand_augment("augmix-m5")
