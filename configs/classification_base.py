@@ -85,6 +85,7 @@ def _job(num_training_steps: Optional[int], batch_size: int) -> ml_collections.C
                                  log_summary_steps=100, checkpoint_steps=2000)
   config.model_name = MODEL_NAME
   config.label_smoothing = 0.1
+  config.layer_decay = config_dict.placeholder(float)  # layer-wise lr decay for fine-tuning, e.g. 0.75 (optim)
   config.synthetic_data = None  # dict(num_train, num_val, seed): generate the tiny demo folder (tiny config)
   config.num_visualized_images = 16
   return config
@@ -115,7 +116,7 @@ def finetune(variant: str = "crossformer_s", batch_size: int = 64, num_training_
   ``init_from.checkpoint_path`` (a converted or official classifier checkpoint) gives the trunk
   (``params["backbone"]``); the final norm and the head for your classes start fresh. Smaller rate than
   pre-training (``base_lr`` at this batch, 5% warm-up, cosine to 1%), drop path 0.1, no Mixup/CutMix
-  (small data), the official augmentation otherwise.
+  (small data), the official augmentation otherwise; ``--config.layer_decay=0.75`` adds layer-wise lr decay.
   """
   config = _job(num_training_steps, batch_size)
   config.experiment_name = f"{variant}_finetune_folder"

@@ -76,3 +76,32 @@ def test_finetune_and_tiny_recipes():
   ft = config_utils.load_config("configs/finetune_crossformer_s_folder.py")
   assert ft.model.backbone.name == "crossformer_s" and ft.model.backbone.drop_path_rate == 0.1
   assert ft.dataset.mix_prob == 0.0 and ft.lr_configs.base_learning_rate == 1e-4
+
+
+def test_layer_decay_scales_updates_by_depth():
+  import backbones  # pylint: disable=import-outside-toplevel
+  module = backbones.create_model("crossformer_t", features_only=False, num_classes=3, embed_dim=16,
+                                  depths=(1, 2, 1, 1), num_heads=(1, 1, 2, 2))
+  params = jax.tree.map(jnp.ones_like, module.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"])
+  ids, num_layers = optim.layer_ids(params)
+  assert num_layers == 5
+  first = lambda tree: jax.tree.leaves(tree)[0]  # noqa: E731
+  b = ids["backbone"]
+  assert first(b["patch_embed"]) == 0 and first(b["layers_0_blocks_0"]) == 1 and first(b["layers_1_blocks_1"]) == 3
+  assert first(b["layers_0_downsample"]) == 2 and first(b["layers_3_blocks_0"]) == 5
+  assert first(ids["output_projection"]) == first(ids["norm"]) == 6
+  config = classification_base.finetune("crossformer_t")
+  with config.unlocked():
+    config.layer_decay = 0.5
+    config.optimizer, config.optimizer_configs = "sgd", {}
+  tx = optim.create_optimizer(config, lambda step: 1.0)
+  updates, _ = tx.update(params, tx.init(params), params)  # sgd: update = -lr * grad = -1
+  def value(tree):
+    return np.unique(np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])).tolist()
+  assert value(updates["output_projection"]) == value(updates["norm"]) == [-1.0]
+  assert value(updates["backbone"]["layers_3_blocks_0"]) == [-0.5]
+  assert value(updates["backbone"]["patch_embed"]) == [-(0.5 ** 6)]
+  with config.unlocked():
+    config.layer_decay = 1.5
+  with pytest.raises(ValueError, match="layer_decay"):
+    optim.create_optimizer(config, lambda step: 1.0)
