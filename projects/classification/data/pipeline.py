@@ -4,8 +4,9 @@ Training is deterministic and resumable as the segmentation pipeline's: process 
 contiguous slice of the train split, each epoch is shuffled with a seed derived from ``(seed, epoch)``, every
 example is augmented with stateless ops keyed by ``(seed, epoch, index)`` (``transforms.TrainAugment``; the
 Keras RandAugment layer excepted, see ``transforms``) and every batch is mixed (Mixup/CutMix) with a key of
-``(seed, step)``; ``train_iter_fn(s)`` starts at step ``s``. Batches drop the remainder of an epoch (timm's
-loader does too).
+``(seed, step)``; ``train_iter_fn(s)`` starts at step ``s`` (it re-reads, without decoding, the records of
+the current epoch before it). The epochs follow each other without a gap (a batch may hold the end of one
+and the start of the next; timm drops each epoch's last partial batch).
 
 Evaluation is one pass in the official protocol (``transforms.eval_image``): every process reads an even
 share of the validation split; its last batches are completed with fillers (``batch_mask`` 0) so that every
@@ -95,14 +96,13 @@ def train_dataset(builder: tfds.core.DatasetBuilder, cfg: ml_collections.ConfigD
   """This process's training batches from ``start_step`` on (infinite; module docstring)."""
   total = builder.info.splits["train"].num_examples
   low, high = total * process_index // process_count, total * (process_index + 1) // process_count
-  if high - low < batch_size:
-    raise ValueError(f"process {process_index} gets {high - low} training examples, fewer than its batch of "
-                     f"{batch_size} (the train split has {total})")
+  if high == low:
+    raise ValueError(f"process {process_index} of {process_count} gets no training example (the train split "
+                     f"has {total})")
   records = builder.as_dataset(split=f"train[{low}:{high}]", shuffle_files=False, decoders=_SKIP,
                                read_config=_READ_CONFIG)
   records = records.map(lambda ex: (ex["image"], ex["label"])).enumerate(start=low)
-  per_epoch = (high - low) // batch_size
-  start_epoch, offset = divmod(start_step, per_epoch)
+  start_epoch, offset = divmod(start_step * batch_size, high - low)
   base = tf.constant([seed, 0], tf.int64)
   shuffle_key, augment_key, mix_key = (_fold(base, s) for s in (_SHUFFLE_STREAM, _AUGMENT_STREAM, _MIX_STREAM))
   augment = transforms.TrainAugment(cfg.crop_size, cfg.flip_prob, cfg.rand_augment, cfg.color_jitter,
@@ -111,20 +111,16 @@ def train_dataset(builder: tfds.core.DatasetBuilder, cfg: ml_collections.ConfigD
 
   def epoch(e):
     epoch_seed = tf.random.stateless_uniform([], _fold(shuffle_key, e), minval=None, maxval=None, dtype=tf.int64)
-    shuffled = records.shuffle(int(cfg.shuffle_buffer_size), seed=epoch_seed).batch(batch_size, drop_remainder=True)
+    shuffled = records.shuffle(int(cfg.shuffle_buffer_size), seed=epoch_seed)
     return shuffled.map(lambda index, example: (e, index, example))
 
-  def preprocess_batch(e, index, example):
-    images, labels = example
-
-    def one(args):
-      i, data = args
-      return augment(transforms.decode(data), _fold(_fold(augment_key, e), i))
-    inputs = tf.map_fn(one, (index, images), fn_output_signature=tf.float32)
-    return inputs, tf.cast(labels, tf.int32)
+  def preprocess(e, index, example):
+    data, label = example
+    return augment(transforms.decode(data), _fold(_fold(augment_key, e), index)), tf.cast(label, tf.int32)
 
   ds = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch).skip(offset)
-  ds = ds.map(preprocess_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch_size, drop_remainder=True)
 
   def finish(step, batch):
     inputs, labels = batch
@@ -186,6 +182,6 @@ def get_dataset(config: ml_collections.ConfigDict, *, process_index: Optional[in
   num_train = builder.info.splits["train"].num_examples
   meta_data = {"num_classes": len(names), "class_names": list(names), "num_train_examples": num_train,
                "num_eval_examples": builder.info.splits["validation"].num_examples,
-               "steps_per_epoch": num_train // int(config.batch_size),
+               "steps_per_epoch": max(1, num_train // int(config.batch_size)),
                "input_shape": (-1, int(cfg.crop_size), int(cfg.crop_size), 3)}
   return Dataset(train_iter_fn, eval_iter_fn, meta_data)
