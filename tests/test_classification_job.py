@@ -139,6 +139,16 @@ def test_official_layout_checkpoint_converts_and_evaluates(folder, tmp_path):
   reference = evaluate_cmd.evaluate(restored, variables, config, progress=False)
   assert results["num_examples"] == 8 and results["top1"] == pytest.approx(reference["top1"])
 
+  # Converted once into a model file (projects.convert_checkpoint), it evaluates without --config.
+  from projects import convert_checkpoint  # pylint: disable=import-outside-toplevel
+  config_py = tmp_path / "tiny_config.py"
+  config_py.write_text(f"import json\nimport ml_collections\n\n\ndef get_config():\n"
+                       f"  return ml_collections.ConfigDict(json.loads(open({str(config_path)!r}).read()))\n")
+  assert convert_checkpoint.main(["--input", str(tmp_path / "crossformer_tiny.npz"), "--config", str(config_py),
+                                  "--output", str(tmp_path / "tiny.msgpack")]) == 0
+  again = evaluate_cmd.main(["--checkpoint", str(tmp_path / "tiny.msgpack")])
+  assert again["top1"] == pytest.approx(results["top1"]) and again["top5"] == pytest.approx(results["top5"])
+
   # A checkpoint of another size is refused with the keys named.
   bad = dict(state_dict, **{"head.weight": np.zeros((3, 7), np.float32)})
   np.savez(tmp_path / "bad.npz", **bad)
