@@ -179,3 +179,23 @@ def test_scenics_train_step_trains_our_model_by_model_name():
         np.testing.assert_allclose(metrics[name][1][d], theirs[name][1], rtol=1e-6)
     losses.append(float(metrics["loss"][0][0]) / float(metrics["loss"][1][0]))
   assert losses[-1] < losses[0], losses
+
+
+@pytest.mark.parametrize("variant,keys", [("crossformer_t", "keys_crossformer_t_cls.json"),
+                                          ("crossformer_s", "keys_crossformer_s_cls.json"),
+                                          ("crossformerpp_s", "keys_crossformer_pp_s_cls.json")])
+def test_every_key_of_a_released_classifier_maps_onto_the_full_size_model(official_fixtures_dir, variant, keys):
+  """The released ImageNet checkpoint's keys and shapes (zeros; fixtures in ../shared) against our model of the
+  variant, shapes only: every parameter is covered, only the DPB buffers are dropped, the counts agree."""
+  import json  # pylint: disable=import-outside-toplevel
+  from projects.common import model_io  # pylint: disable=import-outside-toplevel
+  meta = json.loads((official_fixtures_dir / keys).read_text())
+  state_dict = {"model": {k["key"]: np.zeros(k["shape"], k["dtype"]) for k in meta["keys"]}}
+  config = ClassificationModel(None, {"num_classes": 1000}).config
+  with config.unlocked():
+    config.model.backbone = ml_collections.ConfigDict(dict(name=variant, overrides={}, drop_path_rate=None))
+  model = ClassificationModel(config, {"num_classes": 1000})
+  variables, report = ClassificationModel.convert_official(state_dict, model_io.variable_shapes(model))
+  assert report.ok, report.problems()
+  assert all(k.rsplit(".", 1)[-1] in ("biases", "relative_position_index", "attn_mask") for k in report.dropped)
+  assert sum(int(np.size(v)) for v in jax.tree.leaves(variables)) == meta["num_params"]
