@@ -1,11 +1,12 @@
 """The official CrossFormer (timm / DeiT) image transforms for classification, in TensorFlow and PIL.
 
-Training (``train_transform``, per example, deterministic given its ``key``) as timm's
+Training (``TrainAugment``, per example, deterministic given its ``key``) as timm's
 ``transforms_imagenet_train`` with the official arguments:
 
 * ``RandomResizedCrop(224, scale=(0.08, 1), ratio=(3/4, 4/3), bicubic)``: TensorFlow's
-  ``stateless_sample_distorted_bounding_box`` (10 attempts; when all fail it falls back to the whole image,
-  timm to a centre crop of the clamped ratio) + ``tf.image.resize(bicubic, antialias)``;
+  ``stateless_sample_distorted_bounding_box`` (its own sampling law, 10 attempts; when all fail it falls back
+  to the whole image; timm samples the aspect ratio log-uniformly and falls back to a centre crop of the
+  clamped ratio) + ``tf.image.resize(bicubic, antialias)`` in float (PIL resamples in uint8);
 * horizontal flip 0.5;
 * RandAugment ``rand-m9-mstd0.5-inc1``: Keras 3's ``keras.layers.RandAugment`` (``num_ops=2``,
   ``factor=magnitude/10``). Keras's op set and magnitude law differ from timm's: no Invert/SolarizeAdd, the
