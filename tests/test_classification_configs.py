@@ -82,7 +82,8 @@ def test_layer_decay_scales_updates_by_depth():
   import backbones  # pylint: disable=import-outside-toplevel
   module = backbones.create_model("crossformer_t", features_only=False, num_classes=3, embed_dim=16,
                                   depths=(1, 2, 1, 1), num_heads=(1, 1, 2, 2))
-  params = jax.tree.map(jnp.ones_like, module.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"])
+  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]
+  params = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), shapes)
   ids, num_layers = optim.layer_ids(params)
   assert num_layers == 5
   first = lambda tree: jax.tree.leaves(tree)[0]  # noqa: E731
