@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup demo demo-detection demo-instance test test-fast lint benchmark
+.PHONY: setup demo demo-detection demo-instance demo-classification test test-fast lint benchmark
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,9 @@ demo-detection: setup
 
 demo-instance: setup
 	$(PY) -m projects.detection.main --config configs/tiny_coco_instance.py --workdir workdirs/tiny_coco_instance
+
+demo-classification: setup
+	$(PY) -m projects.classification.main --config configs/tiny_classification.py --workdir workdirs/tiny_classification
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -34,6 +34,8 @@ DATASETS: Dict[str, str] = {
     "cityscapes": "projects.segmentation.data.pipeline:get_dataset",
     "segmentation_folder": "projects.segmentation.data.pipeline:get_dataset",  # your own images and masks
     "coco": "projects.detection.data.input_pipeline:get_dataset",  # COCO-format: official zips or any tree
+    "imagenet2012": "projects.classification.data.pipeline:get_dataset",
+    "image_folder": "projects.classification.data.pipeline:get_dataset",
 }
 # dataset_name -> "module:function": ``dataset_meta(config)`` -> ``{"num_classes", "class_names", ...}`` or
 # None: the facts a restored or converted model needs about its dataset without reading the data.
@@ -42,6 +44,8 @@ DATASET_META: Dict[str, str] = {
     "cityscapes": "projects.segmentation.data.datasets:dataset_meta",
     "segmentation_folder": "projects.segmentation.data.datasets:dataset_meta",
     "coco": "projects.detection.data.coco_classes:dataset_meta",
+    "imagenet2012": "projects.classification.data.datasets:dataset_meta",
+    "image_folder": "projects.classification.data.datasets:dataset_meta",
 }
 TRAINERS: Dict[str, str] = {
     "crossformer_trainer": "projects.common.trainer:train_and_evaluate",

@@ -35,7 +35,7 @@ def test_every_official_key_maps_with_the_right_shape(official_fixtures_dir, var
     path, leaf = convert.flax_path(entry["key"])
     if kind == "cls" and path[0] not in ("norm", "output_projection"):
       path = ("backbone",) + path
-    name, converted = convert._convert_leaf(leaf, np.zeros(entry["shape"]))  # pylint: disable=protected-access
+    name, converted = convert.convert_leaf(leaf, np.zeros(entry["shape"]))
     assert flat[path + (name,)].shape == converted.shape, entry["key"]
 
 

@@ -22,7 +22,7 @@ from backbones.weights import tree
 from backbones.crossformer.model import CrossFormer, CrossFormerBackbone
 
 # Non-learned buffers (deterministic functions of the group size and map size): dropped.
-_BUFFER_SUFFIXES = (".attn.biases", ".attn.relative_position_index", ".attn_mask")
+BUFFER_SUFFIXES = (".attn.biases", ".attn.relative_position_index", ".attn_mask")
 # Official constructor arguments without effect on the computation.
 _IGNORED_KWARGS = ("use_checkpoint", "init_cfg")
 # Options of the main-branch (CrossFormer++) code only, with their defaults: set, they imply lda_mode "main".
@@ -144,7 +144,7 @@ def flax_path(official_key: str) -> Tuple[Tuple[str, ...], str]:
   return tuple(module.split(".")), leaf
 
 
-def _convert_leaf(leaf: str, value: np.ndarray) -> Tuple[str, np.ndarray]:
+def convert_leaf(leaf: str, value: np.ndarray) -> Tuple[str, np.ndarray]:
   if leaf == "bias":
     return "bias", value
   if leaf != "weight":
@@ -175,7 +175,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], module: nn.Module,
   expected = expected_param_shapes(module)
   params, unexpected, mismatched, dropped, seen = {}, [], [], [], set()
   for key, value in sd.items():
-    if key.endswith(_BUFFER_SUFFIXES):
+    if key.endswith(BUFFER_SUFFIXES):
       continue
     path, leaf = flax_path(key)
     if not classifier and path[0] in ("norm", "output_projection"):
@@ -184,7 +184,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], module: nn.Module,
     if classifier and path[0] not in ("norm", "output_projection"):
       path = ("backbone",) + path
     try:
-      name, converted = _convert_leaf(leaf, value)
+      name, converted = convert_leaf(leaf, value)
     except KeyError:
       unexpected.append(key)
       continue

@@ -34,7 +34,15 @@ Our extra weight-decay exclusions (``config.weight_decay_configs``, ignored by S
 know ``skip_scale_and_bias_regularization``): ``no_decay_keywords`` (default ``()``: any path component
 containing one, e.g. ``norm``, ``bias``) and ``no_decay_backbone_keywords`` (components under ``backbone``,
 e.g. the dynamic-position-bias MLPs ``pos``), as the official ``paramwise_cfg`` / ``no_weight_decay`` lists.
+
+Layer-wise learning-rate decay (ours, for fine-tuning; ``config.layer_decay``, default None = off): the updates
+of a parameter of layer ``i`` of ``L`` are scaled by ``layer_decay ** (L + 1 - i)`` (BEiT's rule, here in the
+CrossFormer backbone's naming, ``layer_ids``): ``backbone/patch_embed`` is layer 0, the blocks are 1..L in
+order (a stage's ``downsample`` shares the number of the next stage's first block), everything outside the
+backbone (norm, head) is L + 1 and keeps the full rate. AdamW's decoupled weight decay is scaled alike.
 """
+
+import re
 
 from typing import Any, Callable, Dict, Optional, Sequence
 
@@ -187,6 +195,51 @@ def weight_decay_mask(params: Any,
   return jax.tree_util.tree_map_with_path(decide, params)
 
 
+_BLOCK = re.compile(r"^layers_(\d+)_(?:blocks_(\d+)|downsample)$")
+
+
+def layer_ids(params: Any) -> Any:
+  """A pytree like ``params`` of ints: each parameter's layer number for layer-wise decay (module
+  docstring), and the number of layers ``L`` as ``(tree, L)``."""
+  blocks = set()
+  for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+    names = _path_names(path)
+    match = _BLOCK.match(names[1]) if len(names) > 1 and names[0] == "backbone" else None
+    if match and match.group(2) is not None:
+      blocks.add((int(match.group(1)), int(match.group(2))))
+  order = {block: i + 1 for i, block in enumerate(sorted(blocks))}
+  num_layers = len(order)
+
+  def layer(path, _):
+    names = _path_names(path)
+    if not names or names[0] != "backbone":
+      return num_layers + 1
+    match = _BLOCK.match(names[1]) if len(names) > 1 else None
+    if match is None:
+      return 0  # patch_embed and anything before the first block
+    stage = int(match.group(1))
+    if match.group(2) is not None:
+      return order[(stage, int(match.group(2)))]
+    later = [i for (s, _), i in order.items() if s > stage]
+    return min(later) if later else num_layers + 1
+
+  return jax.tree_util.tree_map_with_path(layer, params), num_layers
+
+
+def scale_by_layer_decay(decay: float) -> optax.GradientTransformation:
+  """Multiplies each parameter's update by ``decay ** (L + 1 - layer)`` (``layer_ids``)."""
+  def factors(params):
+    ids, num_layers = layer_ids(params)
+    return jax.tree.map(lambda i: jnp.float32(decay) ** (num_layers + 1 - i), ids)
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("layer-wise lr decay needs the parameters (optax update(..., params))")
+    return jax.tree.map(lambda u, f: u * f.astype(u.dtype), updates, factors(params)), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def optimizer_configs(config: ml_collections.ConfigDict) -> Dict[str, Any]:
   """``{"optimizer": name, **kwargs}`` from ``config.optimizer`` (a string) and ``config.optimizer_configs``,
   with Scenic's legacy names translated (``adam`` + weight decay -> ``adamw``, ``momentum`` -> ``sgd``...)."""
@@ -259,6 +312,11 @@ def create_optimizer(config: ml_collections.ConfigDict, schedule: Schedule) -> o
   if not hasattr(optax, name):
     raise ValueError(f"config.optimizer {name!r} is not an optax optimizer")
   parts.append(getattr(optax, name)(learning_rate=schedule, **opt))
+  layer_decay = config.get("layer_decay", None)
+  if layer_decay is not None:
+    if not 0.0 < float(layer_decay) <= 1.0:
+      raise ValueError(f"config.layer_decay must be in (0, 1] (None = off), got {layer_decay}")
+    parts.append(scale_by_layer_decay(float(layer_decay)))
   return optax.chain(*parts) if len(parts) > 1 else parts[0]
 
 

@@ -1,0 +1,1 @@
+"""Classification model declarations (one ``@registry.register_model`` class per module)."""
