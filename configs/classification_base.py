@@ -28,6 +28,8 @@ from typing import Optional
 import ml_collections
 from ml_collections import config_dict
 
+import backbones
+
 from configs import common
 
 MODEL_NAME = "crossformer_classification"  # projects.registry
@@ -35,9 +37,6 @@ IMAGENET_TRAIN_EXAMPLES = 1_281_167
 OFFICIAL_BATCH = 1024  # 128 per GPU x 8 GPUs
 VARIANTS = ("crossformer_t", "crossformer_s", "crossformer_b", "crossformer_l",
             "crossformerpp_s", "crossformerpp_b", "crossformerpp_l", "crossformerpp_h")
-# The official ImageNet-1k top-1 (%) of each released checkpoint (also backbones.get_pretrained_cfg(v)["top1"]).
-OFFICIAL_TOP1 = {"crossformer_t": 81.5, "crossformer_s": 82.5, "crossformer_b": 83.4, "crossformer_l": 84.0,
-                 "crossformerpp_s": 83.2, "crossformerpp_b": 84.2, "crossformerpp_l": 84.7, "crossformerpp_h": 84.9}
 
 
 def dataset_config(**overrides) -> ml_collections.ConfigDict:
@@ -92,9 +91,9 @@ def _job(num_training_steps: Optional[int], batch_size: int) -> ml_collections.C
 
 
 def imagenet(variant: str, batch_size: int = OFFICIAL_BATCH) -> ml_collections.ConfigDict:
-  """The official ImageNet-1k recipe of ``variant`` (a key of ``OFFICIAL_TOP1``) at global ``batch_size``."""
-  if variant not in OFFICIAL_TOP1:
-    raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(OFFICIAL_TOP1)}")
+  """The official ImageNet-1k recipe of ``variant`` (one of ``VARIANTS``) at global ``batch_size``."""
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
   steps_per_epoch = IMAGENET_TRAIN_EXAMPLES // batch_size
   config = _job(300 * steps_per_epoch, batch_size)
   config.experiment_name = f"{variant}_imagenet"
@@ -105,7 +104,7 @@ def imagenet(variant: str, batch_size: int = OFFICIAL_BATCH) -> ml_collections.C
   scale = batch_size / 512.0
   config.lr_configs = cosine_lr_configs(5e-4 * scale, 20 * steps_per_epoch, 5e-7 * scale, 5e-6 * scale)
   config.log_eval_steps = 10 * steps_per_epoch
-  config.official_top1 = OFFICIAL_TOP1[variant]
+  config.official_top1 = backbones.get_pretrained_cfg(variant)["top1"]  # the variant's metadata, written once
   return config
 
 

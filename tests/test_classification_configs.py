@@ -29,7 +29,7 @@ def test_imagenet_recipe_files(variant):
   assert config.optimizer == "adamw" and config.optimizer_configs.weight_decay == 0.05
   assert config.optimizer_configs.grad_clip.clip_value == 5.0 and config.label_smoothing == 0.1
   assert config.model.backbone.drop_path_rate is None  # the registry's own: the official value
-  assert backbones.create_model(variant, features_only=False).drop_path_rate == VARIANTS[variant]
+  assert backbones.create_model(variant, features_only=False).backbone.drop_path_rate == VARIANTS[variant]
   assert config.official_top1 == backbones.get_pretrained_cfg(variant)["top1"]
   d = config.dataset
   assert (d.crop_size, d.crop_pct, d.rand_augment, d.erase_prob, d.mixup_alpha, d.cutmix_alpha, d.switch_prob) == (

@@ -137,7 +137,7 @@ def test_drop_path_defaults_to_the_variants_own():
   import backbones  # pylint: disable=import-outside-toplevel
   built = ClassificationModel(config, {"num_classes": K}).flax_model
   variant = backbones.create_model("crossformer_b", features_only=False)
-  assert built.classifier.drop_path_rate == variant.drop_path_rate == 0.3
+  assert built.classifier.backbone.drop_path_rate == variant.backbone.drop_path_rate == 0.3
 
 
 @pytest.mark.slow
