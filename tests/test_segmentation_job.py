@@ -169,3 +169,20 @@ def test_converted_backbone_checkpoint_loads_into_segmentation_params(tmp_path):
   assert all(np.all(np.asarray(v) == 0) for v in jax.tree.leaves(loaded["decode_head"]))
   with pytest.raises(ValueError, match="shape mismatches"):
     pretrained.load_pretrained_backbone(params, str(write(16, "wrong.msgpack")))
+
+
+def test_official_npz_as_init_from_fills_the_backbone(tmp_path, official_fixtures_dir):
+  """``init_from.checkpoint_path`` may be an official ``.npz`` state_dict (as the docs say): it is read with the
+  one official reader and converted for the model's own backbone, every leaf filled."""
+  import backbones  # pylint: disable=g-import-not-at-top
+  from projects.common import pretrained  # pylint: disable=g-import-not-at-top
+  keys = json.loads((official_fixtures_dir / "keys_crossformer_t_backbone.json").read_text())["keys"]
+  np.savez(tmp_path / "official.npz", **{k["key"]: np.full(k["shape"], 0.5, k["dtype"]) for k in keys})
+  backbone = backbones.create_model("crossformer_t")
+  shapes = jax.eval_shape(lambda: backbone.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))["params"]
+  params = {"backbone": jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes), "decode_head": {"w": 1.0}}
+  loaded = pretrained.load_pretrained_backbone(params, str(tmp_path / "official.npz"), backbone=backbone)
+  assert all(np.all(np.asarray(v) == 0.5) for v in jax.tree.leaves(loaded["backbone"]))
+  assert loaded["decode_head"] == {"w": 1.0}
+  with pytest.raises(ValueError, match="needs the model's backbone"):
+    pretrained.load_pretrained_backbone(params, str(tmp_path / "official.npz"))

@@ -17,7 +17,6 @@ from backbones.weights import converted
 from backbones.weights import files
 from backbones.weights import tree
 
-OFFICIAL_SUFFIXES = (".pth", ".pt", ".bin", ".npz")
 # Keys of a config block (``config.model.backbone``) read by :func:`from_config` ("checkpoint" is tolerated
 # and unused: the weights come from ``config.init_from.checkpoint_path``).
 CONFIG_KEYS = ("name", "overrides", "drop_path_rate", "lda_mode", "remat", "checkpoint")
@@ -67,7 +66,7 @@ def load_variables(module: nn.Module, checkpoint: str) -> Dict[str, Any]:
 
   A classifier checkpoint feeds a backbone (its head is dropped); shapes are checked either way.
   """
-  if pathlib.Path(checkpoint).suffix in OFFICIAL_SUFFIXES:
+  if pathlib.Path(checkpoint).suffix.lower() in files.OFFICIAL_SUFFIXES:
     state_dict, _ = files.read_official(checkpoint)
     return convert.convert_state_dict(state_dict, module)
   expected = tree.unflatten(convert.expected_param_shapes(module), sep=None)

@@ -33,6 +33,8 @@ OFFICIAL_CHECKPOINT_GLOBALS = {"yacs.config.CfgNode": collections.OrderedDict}
 _TMP_SUFFIX = ".tmp"
 # Keys under which official checkpoints nest their state_dict: mmcv (``state_dict``), classification (``model``).
 STATE_DICT_KEYS = ("state_dict", "model")
+# File name endings of official checkpoints (torch pickles and their .npz re-saves), lower case.
+OFFICIAL_SUFFIXES = (".pth", ".pt", ".bin", ".npz")
 NPZ_STATE_DICT_PREFIX = "sd/"
 
 

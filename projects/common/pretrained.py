@@ -2,9 +2,11 @@
 
 Accepted: a Scenic train-state checkpoint (a ``checkpoint_<step>`` file or a directory of them, e.g. written
 by ``python -m projects.convert_checkpoint --format scenic``: its ``params["backbone"]``), a converted
-``.msgpack`` or an official ``.pth`` / ``.npz`` state_dict (``backbones.load_backbone_params``).
+``.msgpack`` / ``.safetensors`` (``backbones.load_backbone_params``) or an official ``.pth`` / ``.npz`` state_dict
+(converted on the fly for the model's backbone: ``backbones.load_variables``).
 """
 
+import pathlib
 from typing import Any, Callable, Dict, Optional
 
 from absl import logging
@@ -13,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import backbones
+from backbones.weights import files
 from backbones.weights import scenic
 from backbones.weights import tree
 
@@ -45,12 +48,19 @@ def init_from_path(config: Any) -> Optional[str]:
 
 
 def load_pretrained_backbone(params: Dict[str, Any], path: str,
-                             loader: Optional[Callable[[str], Any]] = None) -> Dict[str, Any]:
-  """Loads ``path`` into ``params["backbone"]``: a Scenic train-state checkpoint's ``params["backbone"]``,
+                             loader: Optional[Callable[[str], Any]] = None,
+                             backbone: Optional[Any] = None) -> Dict[str, Any]:
+  """Loads ``path`` into ``params["backbone"]``: a Scenic train-state checkpoint's ``params["backbone"]``, an
+  official ``.pth``/``.npz`` converted for ``backbone`` (the model's backbone module, by its family's mapping),
   else ``backbones.load_backbone_params(path)`` (or ``loader``)."""
   if loader is None:
     if scenic.find_scenic_checkpoint(path) is not None:
       loader = scenic.load_scenic_backbone_params
+    elif pathlib.Path(path).suffix.lower() in files.OFFICIAL_SUFFIXES:
+      if backbone is None:
+        raise ValueError(f"{path} is an official checkpoint: converting it needs the model's backbone "
+                         "(config.model.backbone), or convert it first with python -m projects.convert_checkpoint")
+      loader = lambda p: backbones.load_variables(backbone, p)["params"]
     else:
       loader = backbones.load_backbone_params  # looked up now: tests replace it
   backbone_params = loader(path)

@@ -23,13 +23,13 @@ import jax
 import ml_collections
 import numpy as np
 
+from backbones.weights import files
 from backbones.weights import tree
 from projects.common import config_utils
 from projects.common import model_io
 from projects.common.base_model import BaseModel
 
 ConfigOrPath = Union[None, str, os.PathLike, ml_collections.ConfigDict]
-OFFICIAL_SUFFIXES = (".pth", ".pt", ".npz")
 META_KEYS = ("num_classes", "class_names", "category_ids")
 
 
@@ -179,7 +179,7 @@ def restore_model(config_or_path: ConfigOrPath, checkpoint: Union[str, os.PathLi
     source_name = str(step_dir)
   elif source.is_dir():
     raise ValueError(f"{source} is a folder without trainer checkpoints (expected <workdir>/checkpoints/<step>)")
-  elif source.suffix.lower() in OFFICIAL_SUFFIXES:
+  elif source.suffix.lower() in files.OFFICIAL_SUFFIXES:
     if config_or_path is None:
       raise ValueError(f"official checkpoint {source} needs the config of its model: pass --config")
     config = load_job_config(config_or_path)

@@ -240,7 +240,9 @@ def initialize_state(model: BaseModel, config: ml_collections.ConfigDict, datase
   params = variables.pop("params")
   backbone_ckpt = pretrained.init_from_path(config)
   if backbone_ckpt and load_pretrained:
-    params = sharding.replicate(pretrained.load_pretrained_backbone(dict(params), backbone_ckpt), mesh)
+    backbone = model.build_backbone(jnp.float32) if (model.config.get("model") or {}).get("backbone") else None
+    params = sharding.replicate(pretrained.load_pretrained_backbone(dict(params), backbone_ckpt,
+                                                                    backbone=backbone), mesh)
   num_params = count_params(params)
   logging.info("model parameters: %d (%.2f M)", num_params, num_params / 1e6)
   if "backbone" in params:
