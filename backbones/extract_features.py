@@ -6,8 +6,10 @@
 Each image runs at its own size: it is padded at the bottom/right to a multiple of 32 (the backbone's
 size rule), and every level is cropped back to the part that covers the image
 (``ceil(side / stride)``). One ``.npz`` per image holds ``stage_1`` .. ``stage_4`` as ``(h, w, C)``, at the
-input's relative path with ``.npz`` for its suffix (``photo.jpg`` -> ``photo.npz``); when two inputs of a
-folder share a stem (``photo.jpg``, ``photo.png``) both keep their suffix (``photo.jpg.npz``, ``photo.png.npz``).
+input's relative path with ``.npz`` for its suffix (``photo.jpg`` -> ``photo.npz``), and the input's path as
+``source``. Names and overwriting follow ``backbones.outputs`` (as the predict commands): inputs that would
+share a file keep their extension (``photo_jpg.npz``, ``photo_png.npz``), the output folder is never read as
+input, and a file that another input or something else wrote is not replaced without ``--overwrite``.
 
 Images are read as RGB 0-255 (8-bit as is, 16-bit scaled by 255/65535, palettes, grey and alpha converted).
 Before an image is compiled for, the memory it needs is estimated (``estimate_memory_bytes``); an image that
@@ -17,13 +19,12 @@ processes every other image and exits with status 1 at the end if any was skippe
 """
 
 import argparse
-import collections
 import io
 import logging
 import os
 import pathlib
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from backbones import outputs
 from backbones.crossformer import grouping
 from backbones.crossformer.model import per_stage
 from backbones.crossformer.sizes import pad_to_valid_size, padded_size
@@ -39,7 +41,6 @@ from backbones.registry import create_model, list_models
 from backbones.weights.converted import is_classifier, is_converted, load_converted
 from backbones.weights.files import write_atomic
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -88,18 +89,6 @@ def build_extractor(model: Optional[str], checkpoint: Optional[str], **options: 
   return module, jax.jit(module.init)(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
 
 
-def list_images(path: pathlib.Path) -> List[pathlib.Path]:
-  """The image files at ``path`` (a file, or a folder searched recursively), sorted."""
-  if path.is_file():
-    return [path]
-  if not path.is_dir():
-    raise FileNotFoundError(f"no image file or folder at {path}")
-  images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-  if not images:
-    raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {path}")
-  return images
-
-
 def load_rgb(path: pathlib.Path, max_side: Optional[int] = None) -> np.ndarray:
   """Reads an image as RGB 0-255, shrunk (keeping its ratio) so its long side is at most ``max_side``.
 
@@ -126,16 +115,6 @@ def _shrink(image: Image.Image, max_side: Optional[int], resample) -> Image.Imag
     scale = max_side / max(image.size)
     image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample)
   return image
-
-
-def output_paths(images: Sequence[pathlib.Path], root: Optional[pathlib.Path],
-                 output_dir: pathlib.Path) -> Dict[pathlib.Path, pathlib.Path]:
-  """One distinct ``.npz`` per image: ``<relative stem>.npz``, or ``<relative name>.npz`` for images whose
-  stem another image of the same folder shares."""
-  relative = {p: (p.relative_to(root) if root else pathlib.Path(p.name)) for p in images}
-  stems = collections.Counter(r.with_suffix("") for r in relative.values())
-  return {p: output_dir / (r.with_suffix(".npz") if stems[r.with_suffix("")] == 1 else r.parent / f"{r.name}.npz")
-          for p, r in relative.items()}
 
 
 # Peak bytes of the jitted forward per float of the largest stage's live tensors, as measured with
@@ -209,6 +188,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help="converted .msgpack or official .pth/.npz; random weights if omitted")
   parser.add_argument("--input", required=True, help="an image file or a folder of images")
   parser.add_argument("--output_dir", required=True)
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace existing .npz files even when another input or something else wrote them")
   parser.add_argument("--out_indices", default="0,1,2,3")
   parser.add_argument("--max_side", type=int, default=None, help="shrink larger images to this side")
   parser.add_argument("--max_memory_gb", type=float, default=None,
@@ -226,7 +207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   ``SystemExit`` reports them (exit status 1).
   """
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  images = list_images(pathlib.Path(args.input))
+  output_dir = pathlib.Path(args.output_dir)
+  images, root = outputs.list_inputs(pathlib.Path(args.input), output_dir)
   out_indices = tuple(int(i) for i in args.out_indices.split(","))
   options = dict(out_indices=out_indices, dtype=_DTYPES[args.dtype])
   if args.lda_mode is not None:  # else the converted checkpoint's (a ++ model is "main") or the variant's
@@ -234,11 +216,16 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   module, variables = build_extractor(args.model, args.checkpoint, **options)
   extract = feature_fn(module, variables)
   limit = int(args.max_memory_gb * 2**30) if args.max_memory_gb else available_memory_bytes()
-  output_dir = pathlib.Path(args.output_dir)
-  root = pathlib.Path(args.input) if pathlib.Path(args.input).is_dir() else None
-  targets = output_paths(images, root, output_dir)
+  targets = {p: pathlib.Path(f"{base}.npz") for p, base in outputs.output_bases(images, root, output_dir,
+                                                                               (".npz",)).items()}
   shapes, skipped = {}, []
   for path in tqdm(images, desc="features", unit="img"):
+    source = str(path.resolve())
+    refused = outputs.refuse_reason([targets[path]], source, args.overwrite)
+    if refused:
+      skipped.append((path, refused))
+      tqdm.write(f"skipped {path}: {refused}")
+      continue
     try:
       image = load_rgb(path, args.max_side)
       check_memory(module, image.shape[0], image.shape[1], limit)
@@ -249,7 +236,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
       tqdm.write(f"skipped {path}: {reason}")
       continue
     buffer = io.BytesIO()
-    np.savez(buffer, image_size=np.asarray(image.shape[:2]), **features)
+    np.savez(buffer, image_size=np.asarray(image.shape[:2]), **{outputs.SOURCE_KEY: np.asarray(source)}, **features)
     write_atomic(targets[path], buffer.getvalue())
     shapes[str(path)] = {k: v.shape for k, v in features.items()}
     tqdm.write(f"{path.name} {image.shape[0]}x{image.shape[1]}: "

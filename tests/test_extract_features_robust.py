@@ -41,8 +41,9 @@ def test_folder_with_bad_same_stem_and_16_bit_images(tmp_path, monkeypatch, tiny
   message = str(error.value)
   assert "1 of 5 images skipped" in message and "broken.jpg" in message
   written = sorted(p.name for p in out.iterdir())
-  assert written == ["deep.npz", "photo.jpg.npz", "photo.png.npz", "zz_last.npz"]  # none lost
-  assert not np.allclose(np.load(out / "photo.jpg.npz")["stage_1"], np.load(out / "photo.png.npz")["stage_1"])
+  assert written == ["deep.npz", "photo_jpg.npz", "photo_png.npz", "zz_last.npz"]  # none lost
+  assert not np.allclose(np.load(out / "photo_jpg.npz")["stage_1"], np.load(out / "photo_png.npz")["stage_1"])
+  assert str(np.load(out / "photo_jpg.npz")["source"]) == str((images / "photo.jpg").resolve())
   loaded = extract_features.load_rgb(images / "deep.png")
   np.testing.assert_allclose(loaded, 127.5, atol=0.01)  # 16-bit mid-grey, not clipped to white
 
@@ -127,3 +128,33 @@ def test_coco_box_outside_its_image_is_named(tmp_path, caplog):
   warning = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
   assert "2 annotation(s) with a bbox entirely outside" in warning
   assert "11 (image_id 1" in warning and "12 (image_id 1" in warning and "10 (image_id" not in warning
+
+
+def test_adversarial_names_map_to_distinct_files_and_nothing_foreign_is_replaced(tmp_path, monkeypatch,
+                                                                                  tiny_backbone):
+  """``a.jpg``, ``a.png`` and ``a.jpg.png`` (three images) give three files, each holding its own image's
+  features; a foreign file in the way is kept (exit 1, named) unless --overwrite; the output folder inside the
+  input folder is not read back on a second run."""
+  monkeypatch.setattr(extract_features, "build_extractor", lambda *a, **k: tiny_backbone)
+  images = tmp_path / "in"
+  images.mkdir()
+  rng = np.random.default_rng(1)
+  sources = {}
+  for name in ("a.jpg", "a.png", "a.jpg.png", "a_jpg.png"):
+    Image.fromarray(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)).save(images / name, quality=95)
+    sources[name] = str((images / name).resolve())
+  out = images / "features"  # inside the input folder
+  args = [*TINY_ARGS, "--input", str(images), "--output_dir", str(out)]
+  shapes = extract_features.main(args)
+  assert len(shapes) == 4
+  files = sorted(out.iterdir())
+  assert len(files) == 4 and sorted(str(np.load(f)["source"]) for f in files) == sorted(sources.values())
+  assert len(extract_features.main(args)) == 4  # a re-run replaces its own outputs, reads none of them
+
+  victim = files[0]
+  victim.write_bytes(b"keep me")
+  with pytest.raises(SystemExit, match="--overwrite"):
+    extract_features.main(args)
+  assert victim.read_bytes() == b"keep me"
+  extract_features.main(args + ["--overwrite"])
+  assert victim.read_bytes() != b"keep me"

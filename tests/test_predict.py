@@ -18,7 +18,7 @@ from projects.common import checkpoint as checkpoint_lib
 from projects.common import config_utils
 from projects.common import model_io
 from projects.common import images as images_lib
-from projects.common import predict_io
+from backbones import outputs
 from projects.common import restore
 from projects.common.train_state import TrainState
 from projects.segmentation import predictor as seg_predictor
@@ -159,7 +159,7 @@ def test_segmentation_predict_command(seg_workdir, images_dir, tmp_path):
   assert label.shape == (333, 500) and label.dtype == np.uint8
   overlay = Image.open(out / "photo_jpg_overlay.png")
   assert overlay.size[0] == 500 and overlay.size[1] > 333  # the legend sits below the image
-  assert predict_io.recorded_source(out / "gray.png") == str((images_dir / "gray.png").resolve())
+  assert outputs.recorded_source(out / "gray.png") == str((images_dir / "gray.png").resolve())
   # A re-run replaces its own outputs; a file written by something else is never overwritten.
   (out / "rgba.png").write_bytes(b"somebody else's file")
   again = predict.main(argv)
@@ -170,7 +170,7 @@ def test_segmentation_predict_command(seg_workdir, images_dir, tmp_path):
 
 def test_output_names_never_collide(tmp_path):
   inputs = [tmp_path / n for n in ("a.jpg", "a.png", "a_overlay.jpg", "b.jpg", "sub/a.jpg")]
-  bases = predict_io.output_bases(inputs, tmp_path, tmp_path / "out", (".png", "_overlay.png"))
+  bases = outputs.output_bases(inputs, tmp_path, tmp_path / "out", (".png", "_overlay.png"))
   files = [str(b) + s for b in bases.values() for s in (".png", "_overlay.png")]
   assert len(set(files)) == len(files)
   assert bases[tmp_path / "b.jpg"] == tmp_path / "out" / "b"
