@@ -199,6 +199,7 @@ def _official_backbone(kind: str, h: int, w: int, batch: int, steps: int, root: 
 def worker(spec: Dict[str, Any]) -> Dict[str, Any]:
   """Measures one (work item, implementation) in this process; returns the figures."""
   kind, h, w, batch, _ = WORK[spec["work"]]
+  h, w = spec.get("hw") or (h, w)
   if spec["impl"] == "official":
     return _official_backbone(kind, h, w, batch, spec["steps"], spec["official"], spec["threads"])
   remat = spec.get("remat") or False
@@ -239,6 +240,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--baseline", default=None,
                       help="another checkout of this library, measured as 'before' (before/after tables)")
   parser.add_argument("--impls", default="ours,before,official", help="which columns to measure")
+  parser.add_argument("--hw", default="", help="'H,W': override every item's image size (quick runs on a busy CPU)")
   parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.worker:
@@ -251,7 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   if unknown:
     raise SystemExit(f"unknown --work {unknown}; choose from {sorted(WORK)}")
   print(f"official: {root or 'absent (pass --official or set $CROSSFORMER_OFFICIAL; needs torch)'}; "
-        f"remat: {args.remat or 'off'}; {os.cpu_count()} CPUs", flush=True)
+        f"remat: {args.remat or 'off'}; {os.cpu_count()} CPUs; size {args.hw or 'per item'}", flush=True)
   results: Dict[tuple, List[Dict[str, Any]]] = {}
   for _ in range(args.rounds):
     for name in names:
@@ -260,7 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       impls += ["official"] if "official" in wanted and root and WORK[name][4] else []
       for impl in impls:
         spec = dict(work=name, impl=impl, steps=args.steps, official=root, threads=args.threads,
-                    remat=args.remat)
+                    remat=args.remat, hw=[int(v) for v in args.hw.split(",")] if args.hw else None)
         out = _run_child(spec, args.baseline if impl == "before" else REPO,
                          args.official_python if impl == "official" else sys.executable)
         if out:
