@@ -49,7 +49,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of every implementation")
   parser.add_argument("--repeats", type=int, default=2, help="timed calls per measurement (best kept)")
   args = parser.parse_args(argv)
-  print(f"backend {jax.default_backend()}; {'shape':<24}{'impl':<10}{'wall s':>8}{'CPU s':>8}")
+  print(f"backend {jax.default_backend()}, {jax.local_device_count()} device(s)")
+  print(f"{'shape':<24}{'impl':<10}{'wall s':>8}{'CPU s':>8}")
   for spec in args.shapes.split(";"):
     shape = tuple(int(v) for v in spec.split(","))
     if len(shape) != 7:
@@ -57,7 +58,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for _ in range(args.rounds):
       for impl in CONV_IMPLS:
         wall, cpu = measure(shape, impl, args.repeats)
-        print(f"{'':<18}{spec:<24}{impl:<10}{wall:>8.3f}{cpu:>8.3f}", flush=True)
+        print(f"{spec:<24}{impl:<10}{wall:>8.3f}{cpu:>8.3f}", flush=True)
 
 
 if __name__ == "__main__":
