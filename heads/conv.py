@@ -37,21 +37,26 @@ def _xla_conv(x: jnp.ndarray, kernel: jnp.ndarray, strides: Tuple[int, int], pad
 
 def tap_kernel_grad(x: jnp.ndarray, dy: jnp.ndarray, kernel_hw: Tuple[int, int], strides: Tuple[int, int],
                     padding: Pad, dilation: Tuple[int, int]) -> jnp.ndarray:
-  """Gradient of an NHWC/HWIO convolution w.r.t. its kernel, one matmul per tap; (kh, kw, in, out)."""
+  """Gradient of an NHWC/HWIO convolution w.r.t. its kernel, one matmul per tap; (kh, kw, in, out).
+
+  The taps run in a ``lax.scan`` so that one shifted window of ``x`` is alive at a time (unrolled, XLA keeps
+  all ``kh * kw`` window copies live: 9x the input's memory).
+  """
   kh, kw = kernel_hw
   (sh, sw), (dh, dw) = strides, dilation
   batch, out_h, out_w, _ = dy.shape
   xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  rows = []
-  for i in range(kh):
-    taps = []
-    for j in range(kw):
-      start = (0, i * dh, j * dw, 0)
-      limit = (batch, i * dh + (out_h - 1) * sh + 1, j * dw + (out_w - 1) * sw + 1, x.shape[3])
-      window = lax.slice(xp, start, limit, (1, sh, sw, 1))
-      taps.append(jnp.einsum("bhwc,bhwo->co", window, dy))
-    rows.append(jnp.stack(taps))
-  return jnp.stack(rows)
+  window_shape = (batch, (out_h - 1) * sh + 1, (out_w - 1) * sw + 1, x.shape[3])
+
+  def tap(carry, index):
+    i, j = index // kw, index % kw
+    window = lax.dynamic_slice(xp, (0, i * dh, j * dw, 0), window_shape)
+    if sh > 1 or sw > 1:
+      window = window[:, ::sh, ::sw]
+    return carry, jnp.einsum("bhwc,bhwo->co", window, dy)
+
+  _, taps = lax.scan(tap, None, jnp.arange(kh * kw))
+  return taps.reshape(kh, kw, *taps.shape[1:])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
