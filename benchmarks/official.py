@@ -24,11 +24,16 @@ S_KWARGS = dict(patch_size=[4, 8, 16, 32], in_chans=3, embed_dim=96, depths=[2, 
                 use_checkpoint=False, merge_size=[[2, 4], [2, 4], [2, 4]])
 
 
-def official_root(path: Optional[str] = None) -> Optional[str]:
-  """The official checkout to use (argument, else ``$CROSSFORMER_OFFICIAL``), or None when unusable."""
+def official_root(path: Optional[str] = None, check_torch: bool = True) -> Optional[str]:
+  """The official checkout to use (argument, else ``$CROSSFORMER_OFFICIAL``), or None when unusable.
+
+  ``check_torch=False`` when another interpreter (one with torch) runs the official side.
+  """
   path = path or os.environ.get(OFFICIAL_ENV)
   if not path or not os.path.isfile(os.path.join(path, BACKBONE_FILE)):
     return None
+  if not check_torch:
+    return path
   try:
     import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError:

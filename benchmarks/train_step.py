@@ -8,9 +8,12 @@ repeated ``--rounds`` times, so both see the same machine load and peak memory i
 Work items: the CrossFormer-S dense backbone (v1 LDA, drop-path 0.2, train mode) — a train step is the
 forward and backward of the mean of the four pyramid maps, w.r.t. all parameters — at 512² and 800x1344,
 its forward at 512² with batch 1 and 4, and the trainer's full train step (loss, backward, AdamW update)
-of UperNet-S at 512² and RetinaNet-S at 800x1344 (ours only: the official heads need mmseg/mmdet).
-Official: float32, ``torch.set_num_threads(--threads)``; it is skipped when ``--official`` /
-``$CROSSFORMER_OFFICIAL`` or torch is missing. Ours: jitted, compilation timed apart and excluded.
+of UperNet-S (150 classes, FCN aux head) and Semantic FPN-S at 512² batch 2, and RetinaNet-S at 800x1344
+(ours only so far). Official: float32, ``torch.set_num_threads(--threads)``; the segmentation steps are the
+official backbone + mmsegmentation's heads and losses (``benchmarks.official_heads``); ``--official-python``
+names an interpreter with torch + mmseg for that column (a separate venv, see RESULTS.md). The column is
+skipped when ``--official`` / ``$CROSSFORMER_OFFICIAL`` or torch is missing. Ours: jitted, compilation timed
+apart and excluded.
 Memory: the process's peak RSS during the timed steps (``VmHWM`` after resetting it via
 ``/proc/self/clear_refs`` once warm; includes the runtime, ~0.3 GB for each side) and, for ours, XLA's
 ``compile().memory_analysis()`` (temporaries + arguments + outputs). Ours hands the compiler's freed heap
@@ -33,7 +36,8 @@ WORK = {
     "bb_train_800": ("backbone_train", 800, 1344, 1, True),
     "bb_fwd_512_b1": ("backbone_forward", 512, 512, 1, True),
     "bb_fwd_512_b4": ("backbone_forward", 512, 512, 4, True),
-    "upernet_train_512": ("upernet_train", 512, 512, 1, False),
+    "upernet_train_512": ("upernet_train", 512, 512, 2, True),
+    "fpn_train_512": ("fpn_train", 512, 512, 2, True),
     "retinanet_train_800": ("retinanet_train", 800, 1344, 1, False),
 }
 
@@ -118,9 +122,10 @@ def _ours_task(kind: str, h: int, w: int, batch: int, steps: int, remat: Any) ->
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from projects.common import config_utils, optim, sharding, trainer  # pylint: disable=g-import-not-at-top
-  if kind == "upernet_train":
+  if kind in ("upernet_train", "fpn_train"):
     from projects.segmentation.models.encoder_decoder import SegmentationModel  # pylint: disable=g-import-not-at-top
-    config = config_utils.load_config(os.path.join(REPO, "configs", "upernet_crossformer_s_ade20k.py"))
+    name = "upernet_crossformer_s_ade20k.py" if kind == "upernet_train" else "fpn_crossformer_s_ade20k.py"
+    config = config_utils.load_config(os.path.join(REPO, "configs", name))
     model_cls, meta = SegmentationModel, {"num_classes": 150}
     rng = np.random.default_rng(0)
     host = {"inputs": rng.normal(size=(batch, h, w, 3)).astype(np.float32),
@@ -166,6 +171,12 @@ def _official_backbone(kind: str, h: int, w: int, batch: int, steps: int, root: 
   from benchmarks import official  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(threads)
   torch.manual_seed(0)
+  if kind in ("upernet_train", "fpn_train"):
+    from benchmarks import official_heads  # pylint: disable=g-import-not-at-top
+    run = official_heads.segmentation_train_step(root, kind, h, w, batch)
+    run()
+    _reset_peak_rss()
+    return {**_time(run, steps), "compile_s": None, "peak_rss_gib": _peak_rss_gib(), "xla_gib": None}
   model = official.crossformer_s(root, (h, w))
   x = torch.randn(batch, 3, h, w)
   if kind == "backbone_train":
@@ -188,6 +199,7 @@ def _official_backbone(kind: str, h: int, w: int, batch: int, steps: int, root: 
 def worker(spec: Dict[str, Any]) -> Dict[str, Any]:
   """Measures one (work item, implementation) in this process; returns the figures."""
   kind, h, w, batch, _ = WORK[spec["work"]]
+  h, w = spec.get("hw") or (h, w)
   if spec["impl"] == "official":
     return _official_backbone(kind, h, w, batch, spec["steps"], spec["official"], spec["threads"])
   remat = spec.get("remat") or False
@@ -196,10 +208,10 @@ def worker(spec: Dict[str, Any]) -> Dict[str, Any]:
   return _ours_task(kind, h, w, batch, spec["steps"], remat)
 
 
-def _run_child(spec: Dict[str, Any], root: str) -> Optional[Dict[str, Any]]:
-  """Runs one measurement in a fresh process importing the library from ``root``."""
+def _run_child(spec: Dict[str, Any], root: str, python: str) -> Optional[Dict[str, Any]]:
+  """Runs one measurement in a fresh ``python`` process importing the library from ``root``."""
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, REPO]))
-  cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
+  cmd = [python, os.path.abspath(__file__), "--worker", json.dumps(spec)]
   proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False, env=env)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
   if proc.returncode != 0 or not lines:
@@ -221,24 +233,27 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--steps", type=int, default=3, help="timed steps per process (median reported)")
   parser.add_argument("--official", default=None,
                       help="official checkout (default: $CROSSFORMER_OFFICIAL)")
+  parser.add_argument("--official-python", default=sys.executable,
+                      help="interpreter of the official column (needs torch; mmseg for the segmentation steps)")
   parser.add_argument("--threads", type=int, default=2, help="torch threads of the official side")
   parser.add_argument("--remat", default="", help="ours: backbone remat policy (see README), '' = off")
   parser.add_argument("--baseline", default=None,
                       help="another checkout of this library, measured as 'before' (before/after tables)")
   parser.add_argument("--impls", default="ours,before,official", help="which columns to measure")
+  parser.add_argument("--hw", default="", help="'H,W': override every item's image size (quick runs on a busy CPU)")
   parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.worker:
     print(json.dumps(worker(json.loads(args.worker))), flush=True)
     return
   from benchmarks import official  # pylint: disable=g-import-not-at-top
-  root = official.official_root(args.official)
+  root = official.official_root(args.official, check_torch=args.official_python == sys.executable)
   names = [n for n in args.work.split(",") if n]
   unknown = [n for n in names if n not in WORK]
   if unknown:
     raise SystemExit(f"unknown --work {unknown}; choose from {sorted(WORK)}")
   print(f"official: {root or 'absent (pass --official or set $CROSSFORMER_OFFICIAL; needs torch)'}; "
-        f"remat: {args.remat or 'off'}; {os.cpu_count()} CPUs", flush=True)
+        f"remat: {args.remat or 'off'}; {os.cpu_count()} CPUs; size {args.hw or 'per item'}", flush=True)
   results: Dict[tuple, List[Dict[str, Any]]] = {}
   for _ in range(args.rounds):
     for name in names:
@@ -247,15 +262,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       impls += ["official"] if "official" in wanted and root and WORK[name][4] else []
       for impl in impls:
         spec = dict(work=name, impl=impl, steps=args.steps, official=root, threads=args.threads,
-                    remat=args.remat)
-        out = _run_child(spec, args.baseline if impl == "before" else REPO)
+                    remat=args.remat, hw=[int(v) for v in args.hw.split(",")] if args.hw else None)
+        out = _run_child(spec, args.baseline if impl == "before" else REPO,
+                         args.official_python if impl == "official" else sys.executable)
         if out:
           results.setdefault((name, impl), []).append(out)
           print(f"  {name} {impl}: " + ", ".join(f"{k} {v:.3f}" for k, v in out.items() if v is not None),
                 flush=True)
   print(f"load average at the end: {os.getloadavg()[0]:.1f} (CPU s: process CPU time per step, all threads)")
   header = (f"{'work':<20}{'impl':<9}{'step ms':>9}{'CPU s':>7}{'img/s':>7}{'compile s':>10}{'RSS GiB':>8}"
-            f"{'XLA GiB':>8}{'time ratio':>11}{'RSS ratio':>10}")
+            f"{'XLA GiB':>8}{'time ratio':>11}{'RSS ratio':>10}  step s min-max (runs)")
   print(header)
   print("-" * len(header))
   for name in names:
@@ -272,7 +288,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         ratio_m = rss / statistics.median(r["peak_rss_gib"] for r in ref)
       print(f"{name:<20}{impl:<9}{step_s * 1e3:>9.0f}{med('cpu_s'):>7.1f}{WORK[name][3] / step_s:>7.2f}"
             f"{_fmt(med('compile_s'), '.1f'):>10}{rss:>8.2f}{_fmt(med('xla_gib'), '.2f'):>8}"
-            f"{_fmt(ratio_t, '.2f'):>11}{_fmt(ratio_m, '.2f'):>10}", flush=True)
+            f"{_fmt(ratio_t, '.2f'):>11}{_fmt(ratio_m, '.2f'):>10}  "
+            f"{min(r['step_s'] for r in runs):.2f}-{max(r['step_s'] for r in runs):.2f} ({len(runs)})", flush=True)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from heads.conv import Conv2d
+
 Dtype = Any
 Features = Union[Mapping[str, jnp.ndarray], Sequence[jnp.ndarray]]
 
@@ -65,6 +67,7 @@ class ConvModule(nn.Module):
     norm_axis_name: cross-device axis for SyncBN under ``pmap``/``shard_map``.
     kernel_init: conv weight initialiser (Kaiming normal, fan-out, as mmcv).
     dtype: compute dtype (parameters are float32).
+    conv_impl: convolution formulation (``heads.conv.CONV_IMPLS``); None picks per backend.
   """
   features: int
   kernel_size: int = 1
@@ -76,15 +79,17 @@ class ConvModule(nn.Module):
   norm_axis_name: Optional[str] = None
   kernel_init: Callable[..., jnp.ndarray] = kaiming_fan_out
   dtype: Dtype = jnp.float32
+  conv_impl: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     """Applies the module to an NHWC map."""
     pad = self.dilation * (self.kernel_size // 2) if self.padding is None else self.padding
     norm = make_norm(self.norm, train, axis_name=self.norm_axis_name, dtype=self.dtype, name="norm")
-    x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), strides=(self.strides, self.strides),
-                padding=((pad, pad), (pad, pad)), kernel_dilation=(self.dilation, self.dilation),
-                use_bias=norm is None, kernel_init=self.kernel_init, dtype=self.dtype, name="conv")(x)
+    x = Conv2d(self.features, (self.kernel_size, self.kernel_size), strides=(self.strides, self.strides),
+               padding=((pad, pad), (pad, pad)), kernel_dilation=(self.dilation, self.dilation),
+               use_bias=norm is None, kernel_init=self.kernel_init, dtype=self.dtype, impl=self.conv_impl,
+               name="conv")(x)
     if norm is not None:
       x = norm(x)
     if self.activation:

@@ -6,6 +6,7 @@ from typing import Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from heads.conv import Conv2d
 from heads.layers import ConvModule, Dtype
 
 # mmdet's RetinaHead init: every conv ``normal(std=0.01)``, zero bias; the classifier bias from a prior.
@@ -59,12 +60,12 @@ class RetinaHead(nn.Module):
               for i in range(self.stacked_convs)]
 
     cls_convs, reg_convs = tower("cls_convs"), tower("reg_convs")
-    retina_cls = nn.Conv(self.num_anchors * self.num_classes, (3, 3), padding=((1, 1), (1, 1)),
-                         kernel_init=head_normal_init,
-                         bias_init=nn.initializers.constant(prior_prob_bias(self.prior_prob)),
-                         dtype=self.dtype, name="retina_cls")
-    retina_reg = nn.Conv(self.num_anchors * 4, (3, 3), padding=((1, 1), (1, 1)), kernel_init=head_normal_init,
-                         dtype=self.dtype, name="retina_reg")
+    retina_cls = Conv2d(self.num_anchors * self.num_classes, (3, 3), padding=((1, 1), (1, 1)),
+                        kernel_init=head_normal_init,
+                        bias_init=nn.initializers.constant(prior_prob_bias(self.prior_prob)),
+                        dtype=self.dtype, name="retina_cls")
+    retina_reg = Conv2d(self.num_anchors * 4, (3, 3), padding=((1, 1), (1, 1)), kernel_init=head_normal_init,
+                        dtype=self.dtype, name="retina_reg")
 
     cls_outputs, reg_outputs = [], []
     for x in features:

@@ -5,6 +5,7 @@ from typing import Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from heads.conv import Conv2d
 from heads.layers import Dtype, kaiming_fan_out
 
 # mmdet's init: shared fcs xavier-uniform (ConvFCBBoxHead), fc_cls normal(0.01), fc_reg normal(0.001).
@@ -64,9 +65,9 @@ class FCNMaskHead(nn.Module):
     del train
     x = roi_feats
     for i in range(self.num_convs):
-      x = nn.relu(nn.Conv(self.conv_out_channels, (3, 3), padding=((1, 1), (1, 1)),
-                          kernel_init=kaiming_fan_out, dtype=self.dtype, name=f"convs_{i}")(x))
+      x = nn.relu(Conv2d(self.conv_out_channels, (3, 3), padding=((1, 1), (1, 1)),
+                         kernel_init=kaiming_fan_out, dtype=self.dtype, name=f"convs_{i}")(x))
     x = nn.relu(nn.ConvTranspose(self.conv_out_channels, (2, 2), strides=(2, 2), padding="VALID",
                                  kernel_init=kaiming_fan_out, dtype=self.dtype, name="upsample")(x))
-    return nn.Conv(self.num_classes, (1, 1), kernel_init=kaiming_fan_out, dtype=self.dtype,
-                   name="conv_logits")(x)
+    return Conv2d(self.num_classes, (1, 1), kernel_init=kaiming_fan_out, dtype=self.dtype,
+                  name="conv_logits")(x)

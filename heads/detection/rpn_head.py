@@ -5,6 +5,7 @@ from typing import Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from heads.conv import Conv2d
 from heads.layers import Dtype
 
 # mmdet's RPNHead init: every conv normal(std=0.01), zero bias.
@@ -31,10 +32,10 @@ class RPNHead(nn.Module):
                ) -> Tuple[Tuple[jnp.ndarray, ...], Tuple[jnp.ndarray, ...]]:
     """Returns per-level ``(objectness_logits, box_deltas)`` for NHWC ``features``."""
     del train  # no dropout or norm
-    conv = nn.Conv(self.feat_channels, (3, 3), padding=((1, 1), (1, 1)), kernel_init=rpn_normal_init,
-                   dtype=self.dtype, name="rpn_conv")
-    cls = nn.Conv(self.num_anchors, (1, 1), kernel_init=rpn_normal_init, dtype=self.dtype, name="rpn_cls")
-    reg = nn.Conv(self.num_anchors * 4, (1, 1), kernel_init=rpn_normal_init, dtype=self.dtype, name="rpn_reg")
+    conv = Conv2d(self.feat_channels, (3, 3), padding=((1, 1), (1, 1)), kernel_init=rpn_normal_init,
+                  dtype=self.dtype, name="rpn_conv")
+    cls = Conv2d(self.num_anchors, (1, 1), kernel_init=rpn_normal_init, dtype=self.dtype, name="rpn_cls")
+    reg = Conv2d(self.num_anchors * 4, (1, 1), kernel_init=rpn_normal_init, dtype=self.dtype, name="rpn_reg")
     logits, deltas = [], []
     for x in features:
       x = nn.relu(conv(x))

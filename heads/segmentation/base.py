@@ -5,6 +5,7 @@ from typing import Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from heads.conv import Conv2d
 from heads.layers import Dtype, Features, feature_list
 
 # mmseg ``BaseDecodeHead``: ``normal_init(conv_seg, mean=0, std=0.01)``.
@@ -29,4 +30,4 @@ def classify(x: jnp.ndarray, num_classes: int, dropout: float, train: bool, dtyp
   """
   if dropout > 0:
     x = nn.Dropout(rate=dropout, broadcast_dims=(1, 2), deterministic=not train, name="dropout")(x)
-  return nn.Conv(num_classes, (1, 1), kernel_init=classifier_init, dtype=dtype, name="conv_seg")(x)
+  return Conv2d(num_classes, (1, 1), kernel_init=classifier_init, dtype=dtype, name="conv_seg")(x)
