@@ -36,7 +36,7 @@ from backbones import outputs
 from backbones.crossformer import grouping
 from backbones.crossformer.model import per_stage
 from backbones.crossformer.sizes import pad_to_valid_size, padded_size
-from backbones.preprocess import normalize_image
+from backbones.preprocess import check_finite, normalize_image
 from backbones.registry import create_model, list_models
 from backbones.weights.converted import is_classifier, is_converted, load_converted
 from backbones.weights.files import write_atomic
@@ -58,10 +58,7 @@ def feature_fn(module, variables) -> Callable[[np.ndarray], Dict[str, np.ndarray
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
       raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
-    if not np.issubdtype(image.dtype, np.integer):
-      bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
-      if bad:
-        raise ValueError(f"the image has {bad} non-finite (NaN/Inf) values")
+    check_finite(image)
     h, w = image.shape[:2]
     padded, _ = pad_to_valid_size(normalize_image(image)[None])
     out = apply(variables, jnp.asarray(padded))
@@ -101,8 +98,7 @@ def load_rgb(path: pathlib.Path, max_side: Optional[int] = None) -> np.ndarray:
       values = np.asarray(image, np.float32)
       if image.mode != "F":
         values = values * (255.0 / 65535.0)
-      if not np.all(np.isfinite(values)):
-        raise ValueError(f"{path} has {int(np.sum(~np.isfinite(values)))} non-finite (NaN/Inf) pixel values")
+      check_finite(values, str(path))
       channel = Image.fromarray(values, mode="F")
       channel = _shrink(channel, max_side, Image.BILINEAR)
       return np.repeat(np.asarray(channel, np.float32)[..., None], 3, axis=-1)

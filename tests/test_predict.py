@@ -304,3 +304,17 @@ def test_official_npz_converts_and_predicts(images_dir, tmp_path):
     np.testing.assert_array_equal(a, b)  # every tensor back in its place
   label_map = segmenter(images_dir / "photo.jpg")
   assert label_map.shape == (333, 500) and len(np.unique(label_map)) > 1
+
+
+def test_non_finite_pixels_are_refused_by_the_one_input_check(tmp_path):
+  """A float image with NaN pixels used to become a class map (with a numpy cast warning); every command now
+  refuses it naming the file, as feature extraction does."""
+  values = np.full((8, 10), 100.0, np.float32)
+  values[2, 3] = np.nan
+  Image.fromarray(values, mode="F").save(tmp_path / "nan.tif")
+  with pytest.raises(images_lib.UnreadableImageError, match=r"nan\.tif.*1 non-finite"):
+    images_lib.read_image(tmp_path / "nan.tif")
+  rgb = np.full((8, 10, 3), 100.0, np.float32)
+  rgb[0, 0, :2] = (np.nan, np.inf)
+  with pytest.raises(ValueError, match="2 non-finite"):
+    images_lib.to_rgb_uint8(rgb)

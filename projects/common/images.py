@@ -13,6 +13,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps
 
+from backbones.preprocess import check_finite
+
 ImageLike = Union[str, os.PathLike, np.ndarray, Image.Image]
 
 
@@ -25,7 +27,7 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
     values = np.asarray(image, np.int64)
     return np.clip(values >> 8 if values.max(initial=0) > 255 else values, 0, 255).astype(np.uint8)
   if image.mode == "F":
-    return np.clip(np.round(np.asarray(image, np.float32)), 0, 255).astype(np.uint8)
+    return np.clip(np.round(check_finite(np.asarray(image, np.float32))), 0, 255).astype(np.uint8)
   if image.mode not in ("RGB", "L"):
     image = image.convert("RGB")
   return np.asarray(image)
@@ -48,6 +50,7 @@ def to_rgb_uint8(image: Union[np.ndarray, Image.Image]) -> np.ndarray:
   elif array.dtype != np.uint8:
     if not np.issubdtype(array.dtype, np.number):
       raise ValueError(f"image dtype {array.dtype} is not numeric")
+    check_finite(array)
     array = np.clip(np.round(array.astype(np.float32)), 0, 255).astype(np.uint8)
   if min(array.shape[:2]) < 1:
     raise ValueError(f"empty image of shape {array.shape}")
