@@ -18,6 +18,7 @@ import sys
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from backbones import export as export_lib
+from backbones import outputs
 
 ApplyFn = Callable[[Any, Any], Any]
 
@@ -58,10 +59,15 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
   parser.add_argument("--output", help="StableHLO file to write (jax.export)")
   parser.add_argument("--saved_model", help="TensorFlow SavedModel directory to write (jax2tf)")
   parser.add_argument("--platforms", default="cpu", help="comma-separated: cpu,cuda,tpu")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing --output / --saved_model")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   if not args.output and not args.saved_model:
     parser.error("give --output and/or --saved_model")
   try:
+    if not args.overwrite:  # checked before the (slow) build: nothing of the user's is replaced
+      for flag, path in (("--output", args.output), ("--saved_model", args.saved_model)):
+        if path:
+          outputs.refuse_existing(path, flag)
     apply_fn, variables = build(args)
   except (FileNotFoundError, ValueError) as e:
     parser.exit(2, f"error: {e}\n")

@@ -112,3 +112,15 @@ def test_saved_model_reproduces_outputs(tiny, tmp_path):
     np.testing.assert_allclose(outputs[name].numpy(), np.asarray(ours[name]), atol=1e-4, rtol=1e-4)
   with pytest.raises(FileExistsError, match="exists"):
     export.save_saved_model(directory, module.apply, variables, (1, 64, 64, 3))
+
+
+def test_export_command_keeps_an_existing_file_unless_overwrite(tmp_path, capsys):
+  """``projects.export --output notes.txt`` replaced an unrelated existing file; it now refuses before any
+  work, naming the file (--overwrite lifts the refusal)."""
+  from projects import export  # pylint: disable=import-outside-toplevel
+  notes = tmp_path / "notes.txt"
+  notes.write_text("my notes")
+  with pytest.raises(SystemExit) as error:
+    export.main(["--model", "crossformer_t", "--shape", "1x64x64", "--output", str(notes)])
+  assert error.value.code == 2 and notes.read_text() == "my notes"
+  assert f"--output {notes} already exists" in capsys.readouterr().err
