@@ -57,6 +57,8 @@ def trainer_config(num_training_steps: Optional[int], batch_size: int, *, rng_se
       class_rebalancing_factor=0.0,
       init_from=init_from_config(),
       progress_bar=True,
+      debug_train=False,  # Scenic's trainers pass these as the model's `debug` argument
+      debug_eval=False,
       prefetch_to_device=2,
       ema_decay=0.0,  # parameter EMA (0: off; e.g. 0.9998), evaluated as eval_ema/* and checkpointed
       ema_warmup=True,  # decay min(ema_decay, (1 + t) / (10 + t))

@@ -260,17 +260,20 @@ def test_scenic_checkpoint_round_trip_into_scenic_and_our_models(tmp_path, sceni
 
 # ------------------------------------------------------------------------------ config and registry
 def test_recipe_configs_use_scenic_names_and_the_registry():
-  for name in ("upernet_crossformer_s_ade20k", "retinanet_crossformer_s_coco", "tiny_ade20k", "tiny_coco"):
+  for name in ("upernet_crossformer_s_ade20k", "retinanet_crossformer_s_coco", "tiny_ade20k", "tiny_coco",
+               "crossformer_s_imagenet", "tiny_classification"):
     config = config_utils.load_config(str(REPO_ROOT / "configs" / f"{name}.py"))
     for key in ("rng_seed", "optimizer", "optimizer_configs", "lr_configs", "max_checkpoint_keep",
-                "num_training_epochs", "model_name", "dataset_name", "trainer_name", "data_dtype_str",
-                "init_from", "checkpoint", "l2_decay_factor", "label_smoothing", "class_rebalancing_factor"):
+                "num_training_epochs", "model_name", "dataset_name", "trainer_name", "data_dtype_str", "debug_train",
+                "debug_eval", "init_from", "checkpoint", "l2_decay_factor", "label_smoothing",
+                "class_rebalancing_factor"):
       assert key in config, (name, key)
     for old in ("seed", "lr_schedule", "max_checkpoints_to_keep", "num_epochs"):
       assert old not in config, (name, old)
     assert isinstance(config.optimizer, str) and "checkpoint" not in config.model.backbone
     assert config.checkpoint is True and config.init_from.checkpoint_path is None
-    assert registry.get_model_cls(config.model_name).__name__ in ("SegmentationModel", "RetinaNetModel")
+    assert registry.get_model_cls(config.model_name).__name__ in ("SegmentationModel", "RetinaNetModel",
+                                                                  "ClassificationModel")
     assert registry.get_trainer(config.trainer_name) is trainer.train_and_evaluate
     # Scenic's get_optimizer calls optax.<optimizer>(learning_rate, **kwargs): only optax arguments (and the
     # fields Scenic removes first) may be in optimizer_configs.

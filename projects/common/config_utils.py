@@ -96,15 +96,28 @@ def _name_unknown_overrides(config_flag: flags.Flag) -> None:
   config_flag._parse = checked_parse  # pylint: disable=protected-access
 
 
+def resolve_config_path(path: Any) -> str:
+  """``path`` when it is a file, else the recipe of that name shipped in the ``configs`` package
+  (``upernet_crossformer_s_ade20k``, ``configs/tiny_ade20k.py``), so configs work from any directory and from
+  an installed wheel; ``ValueError`` naming both places otherwise."""
+  path = os.fspath(path)
+  if os.path.isfile(path):
+    return path
+  import configs  # pylint: disable=import-outside-toplevel
+  shipped = pathlib.Path(configs.__file__).parent / (pathlib.Path(path).stem + ".py")
+  if shipped.is_file():
+    return str(shipped)
+  raise ValueError(f"config file {path!r} does not exist, and no shipped recipe is named "
+                   f"{pathlib.Path(path).stem!r} (see the configs/ folder)")
+
+
 def load_config(path: str, overrides: Optional[Mapping[str, Any]] = None,
                 arg: Optional[str] = None) -> ml_collections.ConfigDict:
   """Imports ``path`` and returns ``get_config()`` (or ``get_config(arg)``) with dotted ``overrides``.
 
   ``overrides`` maps dotted keys to values, e.g. ``{"optimizer.weight_decay": 0.0}``.
   """
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise ValueError(f"config file {path!r} does not exist")
+  path = resolve_config_path(path)
   spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

@@ -42,7 +42,7 @@ def load_job_config(config_or_path: ConfigOrPath) -> ml_collections.ConfigDict:
   path = pathlib.Path(config_or_path)
   if path.is_dir() and (path / "config.json").is_file():
     path = path / "config.json"
-  if not path.is_file():
+  if path.suffix == ".json" and not path.is_file():
     raise FileNotFoundError(f"config {path} does not exist (expected a configs/*.py file or a run's config.json)")
   if path.suffix == ".json":
     try:
