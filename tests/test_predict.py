@@ -318,3 +318,10 @@ def test_non_finite_pixels_are_refused_by_the_one_input_check(tmp_path):
   rgb[0, 0, :2] = (np.nan, np.inf)
   with pytest.raises(ValueError, match="2 non-finite"):
     images_lib.to_rgb_uint8(rgb)
+
+
+def test_summary_of_one_image_shows_no_nan(capsys):
+  predict_io.print_summary({"done": ["a.jpg"], "skipped": {}, "first_image_seconds": 1.5,
+                            "seconds_per_image": float("nan")}, "segmented", "out")
+  line = capsys.readouterr().out
+  assert "nan" not in line and "first 1.50 s with compilation" in line and "skipped 0" in line

@@ -74,9 +74,14 @@ def run_over_inputs(input_path: str, output_dir: str, suffixes: Sequence[str],
 
 
 def print_summary(summary: Mapping[str, Any], verb: str, output_dir: str) -> None:
-  """The one-line report of a predict command (timings, skipped count) and one stderr line per skipped file."""
-  print(f"{verb} {len(summary['done'])} image(s) into {output_dir} "
-        f"(first {summary['first_image_seconds']:.2f} s with compilation, then "
-        f"{summary['seconds_per_image']:.2f} s/image); skipped {len(summary['skipped'])}")
+  """The one-line report of a predict command (timings, skipped count) and one stderr line per skipped file;
+  a timing that was not measured (one image: no second one to time) is left out rather than shown as nan."""
+  timings = []
+  if np.isfinite(summary["first_image_seconds"]):
+    timings.append(f"first {summary['first_image_seconds']:.2f} s with compilation")
+  if np.isfinite(summary["seconds_per_image"]):
+    timings.append(f"then {summary['seconds_per_image']:.2f} s/image")
+  print(f"{verb} {len(summary['done'])} image(s) into {output_dir}"
+        + (f" ({', '.join(timings)})" if timings else "") + f"; skipped {len(summary['skipped'])}")
   for path, reason in summary["skipped"].items():
     print(f"  skipped {path}: {reason}", file=sys.stderr)
