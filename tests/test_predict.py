@@ -19,6 +19,7 @@ from projects.common import config_utils
 from projects.common import model_io
 from projects.common import images as images_lib
 from backbones import outputs
+from projects.common import predict_io
 from projects.common import restore
 from projects.common.train_state import TrainState
 from projects.segmentation import predictor as seg_predictor
