@@ -40,6 +40,8 @@ def define_job_flags() -> None:
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard summaries and outputs.")
   flags.DEFINE_bool("multihost", None, "Call jax.distributed.initialize() (default: read the "
                     "CROSSFORMER_MULTIHOST environment variable).")
+  flags.DEFINE_bool("verbose", False, "Show the libraries' log lines too (orbax, tfds, TensorFlow); by default "
+                    "only this library's lines and other libraries' errors are shown.")
   flags.DEFINE_bool("allow_config_change", False, "Resume a workdir although the number of steps, the "
                     "learning-rate schedule, gradient clipping or model.dtype differ from its config.json "
                     "(sets config.allow_config_change; model and data changes are always refused).")
@@ -199,6 +201,7 @@ def job_main(run: Callable[[ml_collections.ConfigDict, str], Any],
   from absl import app  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   from projects.common import guards  # pylint: disable=import-outside-toplevel
+  from projects.common import quiet  # pylint: disable=import-outside-toplevel
   from projects.common import sharding  # pylint: disable=import-outside-toplevel
 
   def main(argv: Sequence[str]) -> None:
@@ -206,6 +209,7 @@ def job_main(run: Callable[[ml_collections.ConfigDict, str], Any],
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
       raise app.UsageError("--config and --workdir are required")
+    quiet.quiet_third_party(flags.FLAGS.verbose)
     enable_compilation_cache(jax)
     sharding.maybe_initialize_distributed(flags.FLAGS.multihost)
     logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
