@@ -8,7 +8,6 @@ writes into ``workdir``: ``eval_results.json`` (top-1, top-5, loss), ``per_class
 ``predictions.png`` (validation images captioned with truth and prediction).
 """
 
-import copy
 import os
 import pathlib
 from typing import Any, Dict, Mapping, Optional
@@ -23,6 +22,7 @@ from projects import registry
 from projects.classification import visualize
 from projects.classification.models.classifier import TOP_K
 from projects.common import config_utils
+from projects.common import model_io
 from projects.common import evaluation
 from projects.common import predict_io
 from projects.common import sharding
@@ -113,15 +113,6 @@ def ensure_synthetic_data(config: ml_collections.ConfigDict, workdir: str) -> ml
   return config
 
 
-def with_dataset_meta(config: ml_collections.ConfigDict, meta_data: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """A copy of ``config`` with ``dataset_meta`` (``num_classes``, ``class_names``), as model files store it."""
-  config = copy.deepcopy(config)
-  with config.unlocked():
-    config.dataset_meta = ml_collections.ConfigDict({
-        "num_classes": int(meta_data["num_classes"]), "class_names": list(meta_data["class_names"])})
-  return config
-
-
 def write_results(results: Mapping[str, Any], output_dir: str) -> Dict[str, str]:
   """Writes ``eval_results.json`` (the scalars) and ``per_class_accuracy.tsv``; returns their paths."""
   paths = {"summary": os.path.join(output_dir, "eval_results.json")}
@@ -156,7 +147,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   mesh = mesh or sharding.create_mesh()
   dataset = build_dataset(config)
   if jax.process_index() == 0:
-    config_utils.save_config(with_dataset_meta(config, dataset.meta_data), workdir)
+    config_utils.save_config(model_io.with_dataset_meta(config, dataset.meta_data), workdir)
   model = registry.get_model_cls(config.get("model_name") or MODEL_NAME)(config, dataset.meta_data)
   evaluator = ClassificationEvaluator(dataset.meta_data["class_names"],
                                       num_examples=int(config.get("num_visualized_images", 16)))

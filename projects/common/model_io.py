@@ -11,6 +11,7 @@
   dataset facts of ``dataset_facts(config)``.
 """
 
+import copy
 import json
 import os
 import pathlib
@@ -57,6 +58,16 @@ def dataset_facts(config: ml_collections.ConfigDict) -> Dict[str, Any]:
     raise ValueError(f"dataset {config.get('dataset_name')!r} declares no class facts: set "
                      "config.dataset_meta.num_classes (and class_names), or use a run's config.json")
   return meta
+
+
+def with_dataset_meta(config: ml_collections.ConfigDict, meta_data: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with ``dataset_meta`` (``num_classes``, ``class_names``) of its dataset, as model
+  files store it: a run's ``config.json`` then restores (predict, evaluate) without the data."""
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.dataset_meta = ml_collections.ConfigDict({
+        "num_classes": int(meta_data["num_classes"]), "class_names": list(meta_data["class_names"])})
+  return config
 
 
 def build_model(config: ml_collections.ConfigDict, dataset_meta: Optional[Mapping[str, Any]] = None, *,

@@ -9,7 +9,6 @@ original size, ``SegmentationEvaluator``) and writes into
 (image | ground truth | prediction for the first validation images).
 """
 
-import copy
 import os
 from typing import Any, Dict, Mapping, Optional
 
@@ -20,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from projects.common import config_utils
+from projects.common import model_io
 from projects.common import evaluation
 from projects.common import sharding
 from projects import registry
@@ -180,17 +180,6 @@ def build_dataset(config: ml_collections.ConfigDict) -> Any:
   return registry.get_dataset_fn(config.get("dataset_name") or "ade20k")(config)
 
 
-def with_dataset_meta(config: ml_collections.ConfigDict,
-                      meta_data: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """A copy of ``config`` with ``dataset_meta`` (``num_classes``, ``class_names``) of its dataset, as model
-  files store it: restoring the run (predict, evaluate) then knows its classes without the data."""
-  config = copy.deepcopy(config)
-  with config.unlocked():
-    config.dataset_meta = ml_collections.ConfigDict({
-        "num_classes": int(meta_data["num_classes"]), "class_names": list(meta_data["class_names"])})
-  return config
-
-
 def write_results(results: Mapping[str, Any], workdir: str) -> Dict[str, str]:
   """Writes ``eval_results.json`` (scalars) and ``per_class_iou.tsv``; returns their paths."""
   paths = {"summary": os.path.join(workdir, "eval_results.json")}
@@ -225,7 +214,7 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   mesh = mesh or sharding.create_mesh()
   dataset = build_dataset(config)
   if jax.process_index() == 0:
-    config_utils.save_config(with_dataset_meta(config, dataset.meta_data), workdir)
+    config_utils.save_config(model_io.with_dataset_meta(config, dataset.meta_data), workdir)
   model = registry.get_model_cls(config.get("model_name") or "crossformer_segmentation")(config, dataset.meta_data)
   evaluator = SegmentationEvaluator(model, num_examples=int(config.get("num_visualized_images", 4)),
                                     test_time=predictor.test_time_from_config(config))
