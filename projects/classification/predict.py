@@ -19,6 +19,7 @@ import sys
 from typing import Any, Dict, Optional, Sequence
 
 from backbones.preprocess import denormalize_image
+from backbones.weights import files
 from projects.classification import visualize
 from projects.classification.predictor import Classifier
 from projects.common import predict_io
@@ -51,8 +52,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     payload = {"top_k": [{"index": i, "class": name, "probability": p} for i, name, p in top]}
     lines = [f"{p * 100:5.1f}% {name}" for _, name, p in top]
     picture = visualize.captioned(denormalize_image(inputs), lines, (0, 0, 0), max(160, classifier.crop_size))
-    predict_io.atomic_write(pathlib.Path(str(base) + SUFFIXES[0]), predict_io.json_bytes(payload, source))
-    predict_io.atomic_write(pathlib.Path(str(base) + SUFFIXES[1]), predict_io.png_bytes(picture, source))
+    files.write_atomic(pathlib.Path(str(base) + SUFFIXES[0]), predict_io.json_bytes(payload, source))
+    files.write_atomic(pathlib.Path(str(base) + SUFFIXES[1]), predict_io.png_bytes(picture, source))
 
   summary = predict_io.run_over_inputs(args.input, args.output_dir, SUFFIXES, predict_and_write,
                                        overwrite=args.overwrite, desc="classify")

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from backbones.weights import files
 from projects import registry
 from projects.classification import visualize
 from projects.classification.models.classifier import TOP_K
@@ -121,7 +122,7 @@ def write_results(results: Mapping[str, Any], output_dir: str) -> Dict[str, str]
     paths["per_class"] = os.path.join(output_dir, "per_class_accuracy.tsv")
     lines = ["class\taccuracy\tcorrect\ttotal"] + [
         f"{name}\t{v['accuracy']:.4f}\t{v['correct']}\t{v['total']}" for name, v in results["per_class"].items()]
-    predict_io.atomic_write(pathlib.Path(paths["per_class"]), ("\n".join(lines) + "\n").encode())
+    files.write_atomic(pathlib.Path(paths["per_class"]), ("\n".join(lines) + "\n").encode())
   return paths
 
 
@@ -130,7 +131,7 @@ def write_prediction_png(examples: Optional[Mapping[str, np.ndarray]], class_nam
   if not examples or not len(examples["label"]):
     return None
   grid = visualize.prediction_grid(examples["inputs"], list(examples["label"]), examples["top"], class_names)
-  predict_io.atomic_write(pathlib.Path(path), predict_io.png_bytes(grid, "validation predictions"))
+  files.write_atomic(pathlib.Path(path), predict_io.png_bytes(grid, "validation predictions"))
   return path
 
 
