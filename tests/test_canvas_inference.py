@@ -1,0 +1,62 @@
+"""Canvas inference: images of different sizes run inside one padded canvas give, in their valid region, the
+outputs of each image inferred alone (backbone v1 / main / ++, Semantic FPN, UPerNet, the predictor), and the
+number of compiled programs is bounded by the canvas set."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from backbones.crossformer.model import CrossFormerBackbone
+
+CANVAS = (192, 192)
+# Valid input sizes (sides 0..3 mod 32); with group sizes (7, 7, 5, 7) every stage's fallback decision is the
+# canvas's (stage 4 falls back with G' = 3 here against 6 for the canvas: the traced-size path).
+SIZES = ((97, 131), (160, 98))
+TINY = dict(dims=(16, 32, 64, 128), depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), group_sizes=(7, 7, 5, 7),
+            intervals=(8, 4, 2, 1))
+ATOL = 1e-4
+
+
+def canvas_batch(sizes, canvas=CANVAS, seed=0):
+  """Random images in a canvas whose padding is NOT zero (the network must ignore it)."""
+  rng = np.random.default_rng(seed)
+  return rng.normal(size=(len(sizes), *canvas, 3)).astype(np.float32), np.asarray(sizes, np.int32)
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(lda_mode="main"),
+                                     dict(lda_mode="main", use_acl=True, depths=(1, 1, 4, 2))],
+                         ids=["v1", "main", "pp_acl"])
+def test_backbone_canvas_equals_per_image(variant):
+  model = CrossFormerBackbone(**{**TINY, **variant})
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+  images, sizes = canvas_batch(SIZES)
+  assert all(model.canvas_fits(CANVAS, s) for s in SIZES)
+  out = jax.jit(lambda v, x, s: model.apply(v, x, image_size=s))(variables, images, sizes)
+  alone = jax.jit(model.apply)
+  for i, (h, w) in enumerate(SIZES):
+    ref = alone(variables, images[i:i + 1, :h, :w])
+    for key, want in ref.items():
+      rh, rw = want.shape[1:3]
+      got = np.asarray(out[key][i])
+      np.testing.assert_allclose(got[:rh, :rw], np.asarray(want[0]), atol=ATOL, rtol=0, err_msg=f"{(h, w)} {key}")
+      assert not np.any(got[rh:]) and not np.any(got[:, rw:])  # zero outside the valid region
+
+
+def test_backbone_canvas_refuses_an_image_whose_fallback_differs():
+  model = CrossFormerBackbone(**TINY)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+  # 160x66: stage 3 is 10x4, which falls back (4 <= 5) where the canvas's 12x12 does not.
+  assert not model.canvas_fits(CANVAS, (160, 66)) and not model.canvas_fits(CANVAS, (224, 96))
+  images, sizes = canvas_batch(((160, 66), (97, 131)))
+  out = jax.jit(model.apply)(variables, images, image_size=sizes)["stage_1"]
+  assert np.isnan(np.asarray(out[0])).all() and np.isfinite(np.asarray(out[1])).all()
+
+
+def test_backbone_canvas_refuses_size_dependent_padding():
+  model = CrossFormerBackbone(**TINY, lda_mode="main", pad_type=1)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+  assert not model.canvas_fits(CANVAS, (97, 131)) and model.canvas_fits(CANVAS, CANVAS)
+  with pytest.raises(ValueError, match="pad_type=0"):
+    images, sizes = canvas_batch(SIZES[:1])
+    model.apply(variables, images, image_size=sizes)
