@@ -60,3 +60,35 @@ def test_backbone_canvas_refuses_size_dependent_padding():
   with pytest.raises(ValueError, match="pad_type=0"):
     images, sizes = canvas_batch(SIZES[:1])
     model.apply(variables, images, image_size=sizes)
+
+
+def tiny_net(head):
+  from heads.fpn import FPN  # pylint: disable=g-import-not-at-top
+  from heads.segmentation import FPNHead, UPerHead  # pylint: disable=g-import-not-at-top
+  from projects.segmentation.models.encoder_decoder import SegmentationNet  # pylint: disable=g-import-not-at-top
+  backbone = CrossFormerBackbone(**TINY)
+  if head == "semantic_fpn":
+    return SegmentationNet(backbone=backbone, neck=FPN(out_channels=8, num_outs=4),
+                           decode_head=FPNHead(num_classes=5, channels=8))
+  return SegmentationNet(backbone=backbone, decode_head=UPerHead(num_classes=5, channels=8, pool_scales=(1, 2, 3, 6)))
+
+
+def randomized_stats(variables, seed=1):
+  """BatchNorm running statistics away from (0, 1), so that the test sees them."""
+  rng = np.random.default_rng(seed)
+  stats = jax.tree.map(lambda x: jnp.asarray(rng.uniform(0.5, 1.5, x.shape).astype(np.float32)),
+                       variables["batch_stats"])
+  return {**variables, "batch_stats": stats}
+
+
+@pytest.mark.parametrize("head", ["semantic_fpn", "upernet"])
+def test_segmentation_net_canvas_equals_per_image(head):
+  net = tiny_net(head)
+  variables = randomized_stats(net.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
+  images, sizes = canvas_batch(SIZES)
+  out = np.asarray(jax.jit(lambda v, x, s: net.apply(v, x, image_size=s))(variables, images, sizes)["logits"])
+  alone = jax.jit(lambda v, x: net.apply(v, x)["logits"])
+  for i, (h, w) in enumerate(SIZES):
+    want = np.asarray(alone(variables, images[i:i + 1, :h, :w]))[0]
+    np.testing.assert_allclose(out[i, :h, :w], want, atol=ATOL, rtol=0, err_msg=f"{head} {(h, w)}")
+    assert not np.any(out[i, h:]) and not np.any(out[i, :, w:])
