@@ -2,6 +2,8 @@
 outputs of each image inferred alone (backbone v1 / main / ++, Semantic FPN, UPerNet, the predictor), and the
 number of compiled programs is bounded by the canvas set."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,3 +94,62 @@ def test_segmentation_net_canvas_equals_per_image(head):
     want = np.asarray(alone(variables, images[i:i + 1, :h, :w]))[0]
     np.testing.assert_allclose(out[i, :h, :w], want, atol=ATOL, rtol=0, err_msg=f"{head} {(h, w)}")
     assert not np.any(out[i, h:]) and not np.any(out[i, :, w:])
+
+
+def tiny_segmenter(canvases, head="semantic_fpn", flip=False):
+  from projects.segmentation import predictor  # pylint: disable=g-import-not-at-top
+  from projects.segmentation.models.encoder_decoder import SegmentationModel  # pylint: disable=g-import-not-at-top
+  model = SegmentationModel(None, dict(num_classes=5), backbone=CrossFormerBackbone(**TINY))
+  config = model.config
+  with config.unlocked():
+    config.model.decode_head.update(type=head, channels=8)
+    config.model.neck = dict(out_channels=8, num_outs=4) if head == "semantic_fpn" else None
+    config.model.auxiliary_head = None
+  model = SegmentationModel(config, dict(num_classes=5), backbone=CrossFormerBackbone(**TINY))
+  variables = randomized_stats(model.flax_model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3))))
+  test_time = predictor.TestTime(eval_scale=(256, 128), canvases=tuple(canvases), flip=flip)
+  return predictor.Segmenter(model, variables, test_time)
+
+
+def test_predictor_canvas_equals_per_view_inference():
+  """Views of odd sizes (whole inference pads them to 32) through the predictor's canvas path give the
+  per-view program's logits (also flipped) and the same class maps at the original size."""
+  canvas_seg = tiny_segmenter([CANVAS], flip=True)
+  assert canvas_seg.uses_canvases and canvas_seg.compile_canvases() == 1
+  rng = np.random.default_rng(3)
+  for h, w in ((97, 131), (160, 75)):
+    view = rng.normal(size=(h, w, 3)).astype(np.float32)
+    for flip in (False, True):
+      got, size = canvas_seg._canvas_logits(view, flip)  # pylint: disable=protected-access
+      assert size == (-(-h // 32) * 32, -(-w // 32) * 32) and canvas_seg.canvas_for(size) == CANVAS
+      want = canvas_seg._logits_fn(canvas_seg.variables, jnp.asarray(view)[None], flip=flip)  # pylint: disable=protected-access
+      got = np.asarray(got)[:h, :w]
+      np.testing.assert_allclose(got[:, ::-1] if flip else got, np.asarray(want), atol=ATOL, rtol=0)
+    labels = canvas_seg.predict_views([view], (2 * h + 1, w + 7))
+    canvas_seg.test_time = dataclasses.replace(canvas_seg.test_time, canvases=())  # the per-size path
+    want_labels = canvas_seg.predict_views([view], (2 * h + 1, w + 7))
+    canvas_seg.test_time = dataclasses.replace(canvas_seg.test_time, canvases=(CANVAS,))
+    assert labels.shape == (2 * h + 1, w + 7) and np.mean(labels != want_labels) < 1e-3
+
+
+def test_programs_are_bounded_by_the_canvas_set():
+  """8 views of 4 sizes compile 2 network programs (one per canvas), ahead of time; a second pass over the
+  same sizes compiles nothing."""
+  canvases = ((128, 128), (192, 192))
+  seg = tiny_segmenter(canvases)
+  assert seg.compile_canvases() == 2
+  sizes = ((97, 131), (160, 75), (128, 100), (110, 96)) * 2
+  assert [seg.canvas_for((-(-h // 32) * 32, -(-w // 32) * 32)) for h, w in sizes[:4]] == [
+      (192, 192), (192, 192), (128, 128), (128, 128)]
+  rng = np.random.default_rng(0)
+  views = [rng.normal(size=(h, w, 3)).astype(np.float32) for h, w in sizes]
+  for view in views[:4]:
+    seg.predict_views([view], view.shape[:2])
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, duration, **kw: compiles.append(event) if event.endswith("backend_compile_duration") else None)
+  for view in views[4:]:
+    seg.predict_views([view], view.shape[:2])
+  counts = seg.program_counts()
+  assert counts["network"] == counts["canvases"] == len(canvases) and counts["per_size"] == 0
+  assert not compiles and counts["compile_seconds"] > 0

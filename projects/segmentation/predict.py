@@ -16,8 +16,10 @@ import pathlib
 import sys
 from typing import Any, Dict, Optional, Sequence
 
+import jax
 import numpy as np
 
+from projects.common import config_utils
 from projects.common import images as images_lib
 from projects.common import predict_io
 from projects.common import restore
@@ -48,7 +50,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   """Runs the command; returns ``predict_io.run_over_inputs``'s summary (skipped inputs: exit status 1)."""
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  config_utils.enable_compilation_cache(jax)
   segmenter = predictor.Segmenter.from_checkpoint(args.config, args.checkpoint, mode=args.mode)
+  segmenter.compile_canvases()
   colors = visualize.palette(segmenter.num_classes)
 
   def predict_and_write(path: pathlib.Path, base: pathlib.Path, source: str) -> None:
@@ -62,6 +66,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   summary = predict_io.run_over_inputs(args.input, args.output_dir, SUFFIXES, predict_and_write,
                                        overwrite=args.overwrite, desc="segment")
   predict_io.print_summary(summary, "segmented", args.output_dir)
+  summary["programs"] = segmenter.program_counts()
+  print(f"compiled programs: {predictor.format_programs(summary['programs'])}")
   return summary
 
 
