@@ -153,3 +153,16 @@ def test_programs_are_bounded_by_the_canvas_set():
   counts = seg.program_counts()
   assert counts["network"] == counts["canvases"] == len(canvases) and counts["per_size"] == 0
   assert not compiles and counts["compile_seconds"] > 0
+
+
+def test_choose_canvases_covers_every_size_with_few_programs():
+  from projects.segmentation import canvases as canvases_lib  # pylint: disable=g-import-not-at-top
+  model = CrossFormerBackbone(**TINY)
+  counts = {(128, 160): 3, (160, 96): 2, (128, 128): 4, (192, 192): 1, (96, 192): 2}
+  chosen = canvases_lib.choose_canvases(counts, model.canvas_fits, max_canvases=3, min_gain=0.1)
+  assert 1 <= len(chosen) <= 3
+  for size in counts:  # every size has an exact canvas, and no canvas is larger than its views need
+    assert any(model.canvas_fits(c, size) for c in chosen), size
+  assert max(c[0] for c in chosen) <= 192 and max(c[1] for c in chosen) <= 192
+  report = canvases_lib.describe(counts, chosen, model.canvas_fits)
+  assert "12 views of 5 sizes" in report and repr(tuple(chosen)) in report
