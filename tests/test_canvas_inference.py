@@ -166,3 +166,15 @@ def test_choose_canvases_covers_every_size_with_few_programs():
   assert max(c[0] for c in chosen) <= 192 and max(c[1] for c in chosen) <= 192
   report = canvases_lib.describe(counts, chosen, model.canvas_fits)
   assert "12 views of 5 sizes" in report and repr(tuple(chosen)) in report
+
+
+def test_feature_extraction_in_a_canvas_equals_per_image():
+  from backbones import extract_features  # pylint: disable=g-import-not-at-top
+  model = CrossFormerBackbone(**TINY)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
+  image = np.random.default_rng(0).uniform(0, 255, (97, 131, 3)).astype(np.float32)
+  want = extract_features.feature_fn(model, variables)(image)
+  got = extract_features.feature_fn(model, variables, canvases=[CANVAS])(image)
+  for key, value in want.items():
+    assert got[key].shape == value.shape
+    np.testing.assert_allclose(got[key], value, atol=ATOL, rtol=0)
