@@ -58,7 +58,7 @@ def test_backbone_canvas_refuses_an_image_whose_fallback_differs():
 def test_backbone_canvas_refuses_size_dependent_padding():
   model = CrossFormerBackbone(**TINY, lda_mode="main", pad_type=1)
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))
-  assert not model.canvas_fits(CANVAS, (97, 131)) and model.canvas_fits(CANVAS, CANVAS)
+  assert not model.canvas_fits(CANVAS, (97, 131)) and not model.canvas_fits(CANVAS, CANVAS)
   with pytest.raises(ValueError, match="pad_type=0"):
     images, sizes = canvas_batch(SIZES[:1])
     model.apply(variables, images, image_size=sizes)
@@ -120,8 +120,9 @@ def test_predictor_canvas_equals_per_view_inference():
   for h, w in ((97, 131), (160, 75)):
     view = rng.normal(size=(h, w, 3)).astype(np.float32)
     for flip in (False, True):
-      got, size = canvas_seg._canvas_logits(view, flip)  # pylint: disable=protected-access
+      size = canvas_seg.padded_size((h, w))
       assert size == (-(-h // 32) * 32, -(-w // 32) * 32) and canvas_seg.canvas_for(size) == CANVAS
+      got = canvas_seg._canvas_logits(view, CANVAS, flip)  # pylint: disable=protected-access
       want = canvas_seg._logits_fn(canvas_seg.variables, jnp.asarray(view)[None], flip=flip)  # pylint: disable=protected-access
       got = np.asarray(got)[:h, :w]
       np.testing.assert_allclose(got[:, ::-1] if flip else got, np.asarray(want), atol=ATOL, rtol=0)

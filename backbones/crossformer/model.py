@@ -241,8 +241,8 @@ class CrossFormerBackbone(nn.Module):
     grouping decision (small-map fallback, adaptive interval) for the image's maps as for the canvas's."""
     if image_hw[0] > canvas_hw[0] or image_hw[1] > canvas_hw[1]:
       return False
-    if self.no_mask or self.pad_type:
-      return tuple(image_hw) == tuple(canvas_hw)
+    if self.no_mask or self.pad_type:  # padding that depends on the size: no canvas inference
+      return False
     valid = np.asarray([image_hw], np.int64)
     for stage, blocks in enumerate(block_plan_args(self)):
       canvas_map = stage_sizes(*canvas_hw)[stage]

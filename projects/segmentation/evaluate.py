@@ -8,7 +8,9 @@ window as ``config.inference`` says, or ``--mode``; ``ms_flip`` = ratios 0.5-1.7
 48.4 protocol), its logits resized bilinearly to the annotation's original size and scored there (mIoU,
 mAcc, aAcc over the summed confusion matrix, as mmseg). ``--checkpoint``: a training workdir (``--config``
 then defaults to its ``config.json``), a converted model file or an official ``.pth``/``.npz``. With
-``--output_dir`` it writes ``eval_results.json`` and ``per_class_iou.tsv`` there.
+``--output_dir`` it writes ``eval_results.json`` and ``per_class_iou.tsv`` there. Whole-mode views run in the
+padded canvases of ``config.inference.canvases`` (``predictor``), compiled ahead of time; the persistent
+compilation cache is on, and the programs compiled and their compile seconds are printed.
 """
 
 import argparse

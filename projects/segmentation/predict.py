@@ -8,7 +8,9 @@ or an official mmseg ``.pth``/``.npz``. For each input ``photos/<path>/<stem>.<e
 ``out/<path>/<stem>.png`` (class indices, uint8 for up to 256 classes, else 16-bit) and
 ``out/<path>/<stem>_overlay.png`` (the image blended with the class colours and a legend of the classes
 present). See ``projects.common.predict_io`` for naming, provenance and overwrite rules; the exit status is 1
-when any input was skipped.
+when any input was skipped. Whole-mode views run in the padded canvases of ``config.inference.canvases``
+(``predictor``), compiled ahead of time with the persistent compilation cache on; the programs compiled and
+their compile seconds are printed at the end.
 """
 
 import argparse

@@ -29,6 +29,7 @@ the programs compiled and their compile seconds.
 
 import concurrent.futures
 import dataclasses
+import inspect
 import time
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -176,8 +177,11 @@ class Segmenter:
   def __init__(self, model: Any, variables: Mapping[str, Any], test_time: TestTime,
                output_multiple: int = 64) -> None:
     """``model`` is a ``SegmentationModel``; see ``from_checkpoint`` for the usual construction."""
+    # Canvases need a network taking image_size (SegmentationNet) around a backbone that says which canvas
+    # holds an image exactly (CrossFormerBackbone.canvas_fits); other models run one program per view size.
     backbone = getattr(model.flax_model, "backbone", None)
-    self._canvas_fits = getattr(backbone, "canvas_fits", None)
+    takes_size = "image_size" in inspect.signature(type(model.flax_model).__call__).parameters
+    self._canvas_fits = getattr(backbone, "canvas_fits", None) if takes_size else None
     self._canvas_net = jax.jit(self._canvas_view_logits)
     self._compiled: Dict[Tuple[int, int], Any] = {}  # canvas -> compiled network program
     self.compile_seconds = 0.0
@@ -228,11 +232,13 @@ class Segmenter:
     """Whether whole-mode views run in padded canvases (canvases configured, backbone supports it)."""
     return self.test_time.mode == "whole" and bool(self.test_time.canvases) and self._canvas_fits is not None
 
-  def canvas_for(self, size: Tuple[int, int]) -> Tuple[int, int]:
+  def canvas_for(self, size: Tuple[int, int]) -> Optional[Tuple[int, int]]:
     """The canvas a view of ``size`` (a multiple of size_divisor) runs in: the smallest configured canvas
-    that holds it exactly (``canvas_fits``), else its own size."""
-    fitting = [c for c in self.test_time.canvases if self._canvas_fits(tuple(c), tuple(size))]
-    return tuple(min(fitting, key=lambda c: (c[0] * c[1], c))) if fitting else tuple(size)
+    that holds it exactly (``canvas_fits``), else None (the view gets a program of its own size)."""
+    if not self.uses_canvases:
+      return None
+    fitting = [tuple(c) for c in self.test_time.canvases if self._canvas_fits(tuple(c), tuple(size))]
+    return min(fitting, key=lambda c: (c[0] * c[1], c)) if fitting else None
 
   def _network(self, canvas: Tuple[int, int]) -> Any:
     """The compiled network program of ``canvas`` (compiled now if it is not yet)."""
@@ -270,15 +276,18 @@ class Segmenter:
             "per_size": per_size, "resize": self._resize_fn._cache_size(),  # pylint: disable=protected-access
             "compile_seconds": round(self.compile_seconds, 2)}
 
-  def _canvas_logits(self, view: np.ndarray, flip: bool) -> Tuple[jnp.ndarray, Tuple[int, int]]:
-    """Logits of a view (h, w, 3) in its canvas (Hc, Wc, K) (valid ``[:hp, :wp]``, ``hp, wp`` the view size
-    rounded up to size_divisor, as whole inference pads), the view flipped on the host with ``flip``."""
+  def padded_size(self, view_hw: Sequence[int]) -> Tuple[int, int]:
+    """A view's size rounded up to size_divisor (what whole inference feeds the network)."""
+    return tuple(-(-int(s) // self.test_time.size_divisor) * self.test_time.size_divisor for s in view_hw[:2])
+
+  def _canvas_logits(self, view: np.ndarray, canvas: Tuple[int, int], flip: bool) -> jnp.ndarray:
+    """Logits (Hc, Wc, K) of a view (h, w, 3) placed in ``canvas`` (valid ``[:h, :w]``; the network sees the
+    view zero-padded to ``padded_size``, as whole inference), the view flipped on the host with ``flip``."""
     h, w = view.shape[:2]
-    size = tuple(-(-s // self.test_time.size_divisor) * self.test_time.size_divisor for s in (h, w))
-    canvas = self.canvas_for(size)
+    size = self.padded_size(view.shape)
     placed = np.zeros((1, *canvas, 3), np.float32)
     placed[0, :h, :w] = view[:, ::-1] if flip else view
-    return self._network(canvas)(self.variables, placed, np.asarray([size], np.int32)), size
+    return self._network(canvas)(self.variables, placed, np.asarray([size], np.int32))
 
   @staticmethod
   def _resize_scores(logits: jnp.ndarray, rows, cols, softmax: bool) -> jnp.ndarray:
@@ -300,9 +309,10 @@ class Segmenter:
     for view in views:
       rows = resize_indices(view.shape[0], height, canvas[0])
       cols = resize_indices(view.shape[1], width, canvas[1])
+      canvas = self.canvas_for(self.padded_size(view.shape))
       for flip in ((False, True) if self.test_time.flip else (False,)):
-        if self.uses_canvases:  # the flip is undone by reading the columns mirrored
-          logits, _ = self._canvas_logits(np.asarray(view, np.float32), flip)
+        if canvas is not None:  # the flip is undone by reading the columns mirrored
+          logits = self._canvas_logits(np.asarray(view, np.float32), canvas, flip)
           c0, c1, cw = cols
           view_cols = (view.shape[1] - 1 - c0, view.shape[1] - 1 - c1, cw) if flip else cols
           scores = self._resize_fn(logits, rows, view_cols, softmax=softmax)
