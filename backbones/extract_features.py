@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from backbones import compilation_cache
 from backbones import outputs
 from backbones.crossformer import grouping
 from backbones.crossformer.model import per_stage
@@ -45,13 +46,24 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def feature_fn(module, variables) -> Callable[[np.ndarray], Dict[str, np.ndarray]]:
+def canvas_for(module, canvases: Sequence[Sequence[int]], size: Sequence[int]) -> Optional[tuple]:
+  """The smallest of ``canvases`` that holds a padded ``size`` exactly (``CrossFormerBackbone.canvas_fits``),
+  or None."""
+  fitting = [tuple(c) for c in canvases if module.canvas_fits(tuple(c), tuple(size))]
+  return min(fitting, key=lambda c: (c[0] * c[1], c)) if fitting else None
+
+
+def feature_fn(module, variables, canvases: Sequence[Sequence[int]] = ()
+               ) -> Callable[[np.ndarray], Dict[str, np.ndarray]]:
   """Returns ``f(rgb_image) -> {level: (h, w, C) array}`` for one HxWx3 image of any size.
 
   The image is uint8 RGB or float RGB in 0-255 (not yet normalised: ``f`` applies the ImageNet
-  normalisation); a non-finite pixel raises ``ValueError``. The jitted network compiles once per padded size.
+  normalisation); a non-finite pixel raises ``ValueError``. The jitted network compiles once per padded size,
+  or, with ``canvases`` ((h, w) multiples of 32), once per canvas: an image a canvas holds exactly runs inside
+  it (``CrossFormerBackbone`` with ``image_size``), with the same features to float rounding.
   """
   apply = jax.jit(module.apply)
+  canvas_apply = jax.jit(lambda v, x, s: module.apply(v, x, image_size=s))
   reductions = dict(zip(module.feature_info.module_name(), module.feature_info.reduction()))
 
   def extract(image: np.ndarray) -> Dict[str, np.ndarray]:
@@ -61,7 +73,13 @@ def feature_fn(module, variables) -> Callable[[np.ndarray], Dict[str, np.ndarray
     check_finite(image)
     h, w = image.shape[:2]
     padded, _ = pad_to_valid_size(normalize_image(image)[None])
-    out = apply(variables, jnp.asarray(padded))
+    canvas = canvas_for(module, canvases, padded.shape[1:3]) if canvases else None
+    if canvas is None:
+      out = apply(variables, jnp.asarray(padded))
+    else:
+      placed = np.zeros((1, *canvas, 3), np.float32)
+      placed[0, :padded.shape[1], :padded.shape[2]] = padded[0]
+      out = canvas_apply(variables, placed, np.asarray([padded.shape[1:3]], np.int32))
     return {name: np.asarray(out[name][0, :-(-h // r), :-(-w // r)].astype(jnp.float32))
             for name, r in reductions.items()}
 
@@ -193,6 +211,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--dtype", default="float32", choices=sorted(_DTYPES))
   parser.add_argument("--lda_mode", default=None, choices=("v1", "main"),
                       help="LDA semantics (default: the checkpoint's, or the variant's)")
+  parser.add_argument("--canvases", default="",
+                      help="padded canvases HxW,HxW (multiples of 32): one compiled program each instead of one "
+                           "per image size, same features")
   return parser.parse_args(argv)
 
 
@@ -203,6 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   ``SystemExit`` reports them (exit status 1).
   """
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  compilation_cache.enable()
   output_dir = pathlib.Path(args.output_dir)
   images, root = outputs.list_inputs(pathlib.Path(args.input), output_dir)
   out_indices = tuple(int(i) for i in args.out_indices.split(","))
@@ -210,7 +232,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   if args.lda_mode is not None:  # else the converted checkpoint's (a ++ model is "main") or the variant's
     options["lda_mode"] = args.lda_mode
   module, variables = build_extractor(args.model, args.checkpoint, **options)
-  extract = feature_fn(module, variables)
+  canvases = [tuple(int(v) for v in c.lower().split("x")) for c in args.canvases.split(",") if c]
+  extract = feature_fn(module, variables, canvases)
   limit = int(args.max_memory_gb * 2**30) if args.max_memory_gb else available_memory_bytes()
   targets = {p: pathlib.Path(f"{base}.npz") for p, base in outputs.output_bases(images, root, output_dir,
                                                                                (".npz",)).items()}

@@ -101,9 +101,12 @@ def _base(variant: str, num_training_steps: int, batch_size: int) -> ml_collecti
   config.synthetic_data = None
   config.num_visualized_images = 4
   # mmseg test_cfg (projects.segmentation.predictor.TestTime): whole or slide (crop 512, stride 341); the
-  # evaluate/predict commands' --mode ms_flip adds the official ratios 0.5-1.75 with flip.
+  # evaluate/predict commands' --mode ms_flip adds the official ratios 0.5-1.75 with flip. canvases: the padded
+  # (h, w) canvases whole-mode views run in, one compiled program each (None: the eval buckets scaled to each
+  # ratio; `python -m projects.segmentation.canvases --config ...` chooses them from the data's sizes).
   config.inference = ml_collections.ConfigDict(dict(mode="whole", crop_size=(512, 512), stride=(341, 341),
-                                                    ratios=(1.0,), flip=False))
+                                                    ratios=(1.0,), flip=False,
+                                                    canvases=config_dict.placeholder(tuple)))
   config.l2_decay_factor = config_dict.placeholder(float)
   config.model = ml_collections.ConfigDict(dict(
       backbone=common.backbone_config(variant),

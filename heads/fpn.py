@@ -4,11 +4,12 @@ Used by Semantic FPN (``FPN(out_channels=256, num_outs=4)``) and by RetinaNet
 (``FPN(out_channels=256, start_level=1, add_extra_convs="on_input", num_outs=5)``).
 """
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from heads import valid_region
 from heads.layers import ConvModule, Dtype, Features, feature_list, resize_nearest, xavier_uniform
 
 EXTRA_CONV_SOURCES = ("on_input", "on_lateral", "on_output")
@@ -48,9 +49,22 @@ class FPN(nn.Module):
                       norm_axis_name=self.norm_axis_name, kernel_init=xavier_uniform, dtype=self.dtype,
                       name=name)
 
+  def output_sizes(self, valid_sizes: Sequence[jnp.ndarray]) -> Tuple[jnp.ndarray, ...]:
+    """Valid sizes of the ``num_outs`` outputs from those of the input levels (canvas inference): the used
+    levels keep theirs; each extra level (stride-2 conv with padding 1, or ``[::2]``) has ``ceil(size / 2)``."""
+    sizes = list(valid_sizes[self.start_level:])
+    while len(sizes) < self.num_outs:
+      sizes.append(-(-sizes[-1] // 2))
+    return tuple(sizes)
+
   @nn.compact
-  def __call__(self, inputs: Features, train: bool = False) -> Tuple[jnp.ndarray, ...]:
-    """Maps NHWC levels ordered fine to coarse (dict or sequence) to ``num_outs`` NHWC levels."""
+  def __call__(self, inputs: Features, train: bool = False,
+               valid_sizes: Optional[Sequence[jnp.ndarray]] = None) -> Tuple[jnp.ndarray, ...]:
+    """Maps NHWC levels ordered fine to coarse (dict or sequence) to ``num_outs`` NHWC levels.
+
+    ``valid_sizes``: canvas inference, one (B, 2) valid size per input level (``heads.valid_region``): zeros
+    before every 3x3 conv and the top-down resizes from valid size to valid size, so each example's outputs
+    in their valid regions (``output_sizes``) are those of its regions alone."""
     extra_source = "on_input" if self.add_extra_convs is True else self.add_extra_convs
     if extra_source is not False and extra_source not in EXTRA_CONV_SOURCES:
       raise ValueError(f"add_extra_convs must be False, True or one of {EXTRA_CONV_SOURCES}, "
@@ -62,11 +76,17 @@ class FPN(nn.Module):
     if self.num_outs < len(used):
       raise ValueError(f"num_outs ({self.num_outs}) must be >= the {len(used)} used input levels")
 
+    sizes = (None,) * self.num_outs if valid_sizes is None else self.output_sizes(valid_sizes)
+    zero = valid_region.zero_outside
     lateral_norm = "none" if self.no_norm_on_lateral else self.norm
     laterals = [self._conv(1, 1, lateral_norm, f"lateral_convs_{i}")(x, train) for i, x in enumerate(used)]
     for i in range(len(laterals) - 1, 0, -1):
-      laterals[i - 1] = laterals[i - 1] + resize_nearest(laterals[i], laterals[i - 1].shape[1:3])
-    outs = [self._conv(3, 1, self.norm, f"fpn_convs_{i}")(x, train) for i, x in enumerate(laterals)]
+      if sizes[i] is None:
+        top_down = resize_nearest(laterals[i], laterals[i - 1].shape[1:3])
+      else:
+        top_down = valid_region.resize_nearest_valid(laterals[i], sizes[i], sizes[i - 1], laterals[i - 1].shape[1:3])
+      laterals[i - 1] = laterals[i - 1] + top_down
+    outs = [self._conv(3, 1, self.norm, f"fpn_convs_{i}")(zero(x, sizes[i]), train) for i, x in enumerate(laterals)]
 
     for i in range(len(used), self.num_outs):
       if extra_source is False:
@@ -76,5 +96,5 @@ class FPN(nn.Module):
         x = {"on_input": used[-1], "on_lateral": laterals[-1], "on_output": outs[-1]}[extra_source]
       else:
         x = nn.relu(outs[-1]) if self.relu_before_extra_convs else outs[-1]
-      outs.append(self._conv(3, 2, self.norm, f"fpn_convs_{i}")(x, train))
+      outs.append(self._conv(3, 2, self.norm, f"fpn_convs_{i}")(zero(x, sizes[i - 1]), train))
     return tuple(outs)

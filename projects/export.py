@@ -17,6 +17,7 @@ import argparse
 import sys
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+from backbones import compilation_cache
 from backbones import export as export_lib
 from backbones import outputs
 
@@ -61,6 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[str]:
   parser.add_argument("--platforms", default="cpu", help="comma-separated: cpu,cuda,tpu")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --output / --saved_model")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  compilation_cache.enable()
   if not args.output and not args.saved_model:
     parser.error("give --output and/or --saved_model")
   try:

@@ -80,13 +80,13 @@ def attend(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, bias: jnp.ndarray,
   the path of attention dropout, which needs the weights).
 
   Softmax attention of ``(B, G, N, H, D)`` queries (already scaled), keys and values; ``bias``
-  ``(H, N, N)`` is added to every group's scores, ``key_bias`` ``(G, N)`` (or None) to every query's
-  scores of that group; the softmax runs in ``softmax_dtype``; ``weights_fn`` (e.g. dropout) is applied
-  to the weights. Returns ``(B, G, N, H, D)``.
+  ``(H, N, N)`` is added to every group's scores, ``key_bias`` ``(G, N)`` or ``(B', G, Nq', N)`` (or None;
+  :func:`lean.key_bias_4d`) to every query's scores of that group; the softmax runs in ``softmax_dtype``;
+  ``weights_fn`` (e.g. dropout) is applied to the weights. Returns ``(B, G, N, H, D)``.
   """
   scores = jnp.einsum("bgqhd,bgkhd->bghqk", q, k).astype(softmax_dtype) + bias
   if key_bias is not None:
-    scores = scores + key_bias[None, :, None, None, :]
+    scores = scores + lean.key_bias_4d(key_bias)[:, :, None, :, :]
   weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   if weights_fn is not None:
     weights = weights_fn(weights)

@@ -230,3 +230,59 @@ def block_group_sizes(group_sizes: GroupSizes, depths: Sequence[int], img_size: 
   side = img_size[0] if isinstance(img_size, (list, tuple)) else img_size
   return progressive_group_sizes(tuple(int(g) for g in group_sizes), depths, int(side) // patch_size,
                                  group_type)
+
+
+# --- Canvas inference: one padded canvas, each example's valid region masked (see CrossFormerBlock) ---
+
+def canvas_plan_agrees(valid_h, valid_w, canvas_hw: Tuple[int, int], group_size: int, interval: int,
+                       long_distance: bool, lda_mode: str = "v1", adaptive_interval: bool = False, xp=np):
+  """Whether a ``valid_h x valid_w`` map (arrays, numpy or traced: ``xp``) makes the same grouping decision as
+  its ``canvas_hw`` canvas: the same small-map fallback (``min(H, W) <= G``) and, with ``adaptive_interval``
+  LDA, the same interval. Where they agree, the canvas's groups masked to the valid region equal the image's
+  own groups (see :func:`valid_key_bias`, :func:`fallback_group_bias`)."""
+  canvas_fallback = min(canvas_hw) <= group_size
+  agrees = (xp.minimum(valid_h, valid_w) <= group_size) == canvas_fallback
+  if adaptive_interval and long_distance and lda_mode == "main" and not canvas_fallback:
+    canvas_interval = math.ceil(max(canvas_hw) / group_size)
+    agrees = agrees & (-(-xp.maximum(valid_h, valid_w) // group_size) == canvas_interval)
+  return agrees
+
+
+def dense_plan(height: int, width: int) -> GroupPlan:
+  """The whole ``height x width`` map as one group (the canvas form of v1's small-map fallback)."""
+  return GroupPlan(False, (height, width), 1, (1, 1), height, width)
+
+
+def valid_key_bias(plan: GroupPlan, valid_hw: jnp.ndarray) -> jnp.ndarray:
+  """``(B, num_groups, 1, group_tokens)`` additive bias: ``MASK_VALUE`` on keys outside each example's valid
+  ``(h, w)`` region of the (canvas) map (the canvas padding and the plan's own group padding).
+
+  Groups are anchored at the top-left (``pad_type`` 0), so a valid token's group holds the same valid tokens
+  at the same offsets in the canvas as in the image alone, plus slots outside it, which this bias masks:
+  the official group-padding mask of the image alone, extended to the canvas.
+  """
+  if plan.pad_top or plan.pad_left:
+    raise ValueError("canvas inference needs maps padded at the bottom/right (pad_type 0)")
+  hp, wp = plan.padded_hw
+  valid_hw = jnp.asarray(valid_hw)
+  inside = ((jnp.arange(hp)[None, :, None] < valid_hw[:, 0, None, None])
+            & (jnp.arange(wp)[None, None, :] < valid_hw[:, 1, None, None]))
+  grouped = group(inside[..., None], plan)[..., 0]  # (B, G, N)
+  return jnp.where(grouped, 0.0, MASK_VALUE).astype(jnp.float32)[:, :, None, :]
+
+
+def fallback_group_bias(height: int, width: int, valid_hw: jnp.ndarray) -> jnp.ndarray:
+  """``(B, 1, N, N)`` bias of v1's small-map fallback on a ``height x width`` canvas map taken as one group
+  (:func:`dense_plan`): each example's own fallback groups are ``G' x G'`` squares from the top-left with
+  ``G' = min(h, w)`` of its valid size (traced), so a (query, key) pair gets 0 when both lie in the same such
+  square and the key is valid, ``MASK_VALUE`` otherwise. The DPB depends only on the (query, key) offset,
+  so the canvas-wide DPB gives the pairs of one square the same bias as the image's own ``G' x G'`` group.
+  """
+  valid_hw = jnp.asarray(valid_hw)
+  side = jnp.maximum(jnp.minimum(valid_hw[:, 0], valid_hw[:, 1]), 1)[:, None]  # (B, 1)
+  rows = jnp.repeat(jnp.arange(height), width)[None]  # (1, N), row-major like group()
+  cols = jnp.tile(jnp.arange(width), height)[None]
+  key_ok = (rows < valid_hw[:, 0, None]) & (cols < valid_hw[:, 1, None])  # (B, N)
+  cell_r, cell_c = rows // side, cols // side  # (B, N)
+  same = (cell_r[:, :, None] == cell_r[:, None, :]) & (cell_c[:, :, None] == cell_c[:, None, :])
+  return jnp.where(same & key_ok[:, None, :], 0.0, MASK_VALUE).astype(jnp.float32)[:, None]

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from backbones.crossformer import lean
+from backbones.valid_region import zero_outside
 
 Dtype = Any
 
@@ -59,9 +60,12 @@ class CrossScaleEmbedding(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, valid_hw: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+    """``valid_hw`` (B, 2): zeros are re-imposed outside each example's valid region (after the norm), as
+    the convs' zero padding of the region alone (canvas inference)."""
     if self.norm_first and self.use_norm:
       x = LayerNorm(dtype=self.dtype, name="norm")(x)
+    x = zero_outside(x, valid_hw)
     outs = []
     for i, (kernel, dim) in enumerate(zip(self.kernel_sizes,
                                           split_channels(self.out_dim, len(self.kernel_sizes)))):

@@ -61,11 +61,22 @@ def _heads_first(x: jnp.ndarray) -> jnp.ndarray:
   return jnp.swapaxes(x, 2, 3)
 
 
+def key_bias_4d(key_bias: Optional[jnp.ndarray]) -> Optional[jnp.ndarray]:
+  """A key bias as ``(B', G, Nq', Nk)`` (``B'`` 1 or the batch, ``Nq'`` 1 or the queries): ``(G, N)`` (the same
+  key padding for every example and query) gains the two unit axes; 4-D biases are returned as they are."""
+  if key_bias is None or key_bias.ndim == 4:
+    return key_bias
+  if key_bias.ndim != 2:
+    raise ValueError(f"key_bias must be (G, N) or (B, G, Nq, N), got shape {key_bias.shape}")
+  return key_bias[None, :, None, :]
+
+
 def _scores(q, k, bias, key_bias, softmax_dtype):
-  """``(B, g, H, N, D)`` queries and keys -> ``(B, g, H, N, N)`` biased scores in ``softmax_dtype``."""
+  """``(B, g, H, N, D)`` queries and keys -> ``(B, g, H, N, N)`` biased scores in ``softmax_dtype``;
+  ``key_bias`` is 4-D (:func:`key_bias_4d`) or None."""
   s = jnp.einsum("bghqd,bghkd->bghqk", q, k).astype(softmax_dtype) + bias
   if key_bias is not None:
-    s = s + key_bias[None, :, None, None, :]
+    s = s + key_bias[:, :, None, :, :]
   return s
 
 
@@ -93,9 +104,11 @@ def attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, bias: jnp.ndarray,
               key_bias: Optional[jnp.ndarray], softmax_dtype: Dtype, chunk: int) -> jnp.ndarray:
   """Softmax attention of ``(B, G, N, H, D)`` queries (already scaled), keys and values.
 
-  ``bias`` ``(H, N, N)`` is added to every group's scores and ``key_bias`` ``(G, N)`` (or None; it gets
-  no gradient) to every query's scores of its group; the softmax runs in ``softmax_dtype``. Groups are
-  processed ``chunk`` at a time (``chunk`` must divide ``G``). Returns ``(B, G, N, H, D)``.
+  ``bias`` ``(H, N, N)`` is added to every group's scores and ``key_bias`` (or None; it gets no gradient)
+  to every query's scores of its group: ``(G, N)`` (the same for every example and query) or
+  ``(B', G, Nq', N)`` with ``B'`` 1 or B and ``Nq'`` 1 or N (per-example valid regions, group masks); the
+  softmax runs in ``softmax_dtype``. Groups are processed ``chunk`` at a time (``chunk`` must divide ``G``).
+  Returns ``(B, G, N, H, D)``.
   """
   return _attention_fwd(q, k, v, bias, key_bias, softmax_dtype, chunk)[0]
 
@@ -104,8 +117,8 @@ def _attention_fwd(q, k, v, bias, key_bias, softmax_dtype, chunk):
   if q.shape[1] % chunk:
     raise ValueError(f"chunk {chunk} must divide the number of groups {q.shape[1]}")
   q, k, v = (_heads_first(t) for t in (q, k, v))
-  kb = None if key_bias is None else key_bias[None]  # (1, G, N): chunked along G with the others
-  fn = lambda q, k, v, kb: _forward_chunk(q, k, v, bias, None if kb is None else kb[0], softmax_dtype)
+  kb = key_bias_4d(key_bias)  # (B', G, Nq', N): chunked along G with the others
+  fn = lambda q, k, v, kb: _forward_chunk(q, k, v, bias, kb, softmax_dtype)
   out, lse = _map_chunks(fn, chunk, q, k, v, kb)
   return _heads_first(out), (q, k, v, bias, key_bias, lse)
 
@@ -116,7 +129,7 @@ def _attention_bwd(softmax_dtype, chunk, residuals, d_out):
   d_out = _heads_first(d_out)
 
   def chunk_grads(q, k, v, kb, lse, d_out):
-    s = _scores(q, k, bias, None if kb is None else kb[0], softmax_dtype)
+    s = _scores(q, k, bias, kb, softmax_dtype)
     p = jnp.exp(s - lse[..., None])
     dv = jnp.einsum("bghqk,bghqd->bghkd", p.astype(v.dtype), d_out)
     dp = jnp.einsum("bghqd,bghkd->bghqk", d_out, v).astype(softmax_dtype)
@@ -130,7 +143,7 @@ def _attention_bwd(softmax_dtype, chunk, residuals, d_out):
     dk = jnp.einsum("bghqk,bghqd->bghkd", ds, q)
     return dq, dk, dv, d_bias
 
-  kb = None if key_bias is None else key_bias[None]
+  kb = key_bias_4d(key_bias)
   args = (q, k, v, kb, lse, d_out)
   if chunk >= q.shape[1]:
     dq, dk, dv, d_bias = chunk_grads(*args)

@@ -11,8 +11,9 @@ import numpy as np
 from backbones.crossformer import grouping
 from backbones.crossformer.attention import GroupAttention
 from backbones.crossformer.layers import CrossScaleEmbedding, DropPath, LayerNorm, Mlp
-from backbones.crossformer.sizes import check_input
+from backbones.crossformer.sizes import check_input, stage_sizes
 from backbones.feature_info import FeatureInfo
+from backbones.valid_region import scaled_sizes, zero_outside
 
 Dtype = Any
 IntOrSeq = Union[int, Sequence[int]]
@@ -74,6 +75,15 @@ def remat_block(block_cls: type, remat: Union[bool, str]) -> type:
   return nn.remat(block_cls, static_argnums=(2,), policy=REMAT_POLICIES[name])
 
 
+def block_plan_args(module: Any) -> Tuple[Tuple[Dict[str, Any], ...], ...]:
+  """Per stage, per block: the grouping arguments of the block (what :func:`grouping.plan_groups` takes)."""
+  intervals = per_stage(module.intervals, len(module.dims), "intervals")
+  return tuple(tuple(dict(group_size=g, interval=intervals[stage], long_distance=b % 2 == 1,
+                          lda_mode=module.lda_mode, adaptive_interval=module.adaptive_interval)
+                     for b, g in enumerate(sizes))
+               for stage, sizes in enumerate(module.block_group_sizes))
+
+
 class CrossFormerBlock(nn.Module):
   """Pre-norm block: ``x + DropPath(LSDA(LN(x)))`` then ``x + DropPath(MLP(LN(x)))``.
 
@@ -98,15 +108,29 @@ class CrossFormerBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool = False,
+               valid_hw: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+    """``valid_hw`` (B, 2): canvas inference, each example's map being its top-left ``valid_hw`` region
+    (see :meth:`CrossFormerBackbone.__call__`); the map's tokens outside it are masked out of every group."""
     _, h, w, c = x.shape
     plan = grouping.plan_groups(h, w, self.group_size, self.interval, self.long_distance,
                                 self.lda_mode, self.adaptive_interval, self.pad_type)
     y = LayerNorm(dtype=self.dtype, name="norm1")(x)
+    if valid_hw is None:
+      key_bias = None if self.no_mask else grouping.key_padding_bias(plan)
+    else:
+      if self.no_mask or self.pad_type:
+        raise ValueError("canvas inference (image_size) needs no_mask=False and pad_type=0: the image's own "
+                         "padding would otherwise depend on its size")
+      y = zero_outside(y, valid_hw)  # as the zero padding of the image alone (and never 0 * inf)
+      if self.lda_mode == "v1" and min(h, w) <= self.group_size:
+        plan = grouping.dense_plan(h, w)  # v1 fallback: G' = min(valid h, w), a traced size
+        key_bias = grouping.fallback_group_bias(h, w, valid_hw)
+      else:
+        key_bias = grouping.valid_key_bias(plan, valid_hw)
     (top, bottom), (left, right) = plan.pad_widths
     # Zero padding after norm1 (bottom/right, or centred with pad_type 1); padded keys are masked.
     y = jnp.pad(y, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    key_bias = None if self.no_mask else grouping.key_padding_bias(plan)
     y = GroupAttention(self.num_heads, self.qkv_bias, self.qk_scale, attn_drop=self.attn_drop,
                        dtype=self.dtype, name="attn")(grouping.group(y, plan), plan.group_hw, key_bias, train)
     y = grouping.ungroup(y, plan)[:, top:top + h, left:left + w]
@@ -116,10 +140,9 @@ class CrossFormerBlock(nn.Module):
     x = x + DropPath(self.drop_path)(y, train)
     if self.use_acl:  # no residual: the cooling layer replaces the tokens
       x = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), feature_group_count=c, dtype=self.dtype,
-                  name="ex_conv")(x)
+                  name="ex_conv")(zero_outside(x, valid_hw))
       x = LayerNorm(dtype=self.dtype, name="ex_ln")(x)
     return x
-
 
 class CrossFormerBackbone(nn.Module):
   """The official CrossFormer dense backbone: a feature pyramid at strides 4, 8, 16 and 32.
@@ -212,8 +235,44 @@ class CrossFormerBackbone(nn.Module):
     return grouping.block_group_sizes(self.group_sizes, self.depths, self.img_size, self.patch_sizes[0],
                                       self.group_type)
 
+  def canvas_fits(self, canvas_hw: Tuple[int, int], image_hw: Tuple[int, int]) -> bool:
+    """Whether an image of ``image_hw`` (a valid input size) inferred inside a ``canvas_hw`` canvas
+    (``__call__`` with ``image_size``) gives exactly its own outputs: it fits, and every block makes the same
+    grouping decision (small-map fallback, adaptive interval) for the image's maps as for the canvas's."""
+    if image_hw[0] > canvas_hw[0] or image_hw[1] > canvas_hw[1]:
+      return False
+    if self.no_mask or self.pad_type:  # padding that depends on the size: no canvas inference
+      return False
+    valid = np.asarray([image_hw], np.int64)
+    for stage, blocks in enumerate(block_plan_args(self)):
+      canvas_map = stage_sizes(*canvas_hw)[stage]
+      valid_map = valid // (4 * 2 ** stage)
+      for args in blocks:
+        if not bool(grouping.canvas_plan_agrees(valid_map[:, 0], valid_map[:, 1], canvas_map, **args)[0]):
+          return False
+    return True
+
   @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> Dict[str, jnp.ndarray]:
+  def __call__(self, x: jnp.ndarray, train: bool = False,
+               image_size: Optional[jnp.ndarray] = None) -> Dict[str, jnp.ndarray]:
+    """Feature maps of a batch of normalised NHWC images.
+
+    ``image_size`` (B, 2) int (h, w), optional: canvas inference. Example i is the image ``x[i, :h, :w]``
+    (a valid input size, see ``sizes``) at the top-left of the shared canvas ``x``; its features are
+    exactly (to float rounding) those of the image alone in their top-left ``floor(h/s) x floor(w/s)``
+    region at stride ``s``, and zero outside, so one program serves every image size a canvas holds.
+    How: zeros re-imposed outside the region before every convolution (the image, each patch merging's
+    input after its norm, the ACL conv's input), keys outside it masked in every group (groups are anchored
+    at the top-left, so valid tokens keep their groups, slots and DPB offsets; the extra canvas slots are
+    masked like the official group padding; LDA's residue-class groups likewise). The small-map fallback is
+    decided per block from the canvas map: where the canvas falls back, v1's group side ``min(h, w)`` of
+    the VALID map (a traced value) is applied by masking attention over the whole canvas map (one dense
+    group) to same-square pairs; main's one ``max(H, W)`` group is the whole canvas, masked to the valid
+    region. An example whose own decision differs from its canvas's (:meth:`canvas_fits` is False: its map
+    falls back where the canvas's does not, or the reverse, or an adaptive interval differs) gets NaN
+    features rather than wrong ones: choose canvases with :meth:`canvas_fits`. Not supported with
+    ``no_mask`` or ``pad_type`` 1 (ValueError). Without ``image_size`` the whole input is the image.
+    """
     check_input(x.shape, self.in_chans)
     if not jnp.issubdtype(x.dtype, jnp.floating):
       raise TypeError(f"CrossFormer expects normalised float images, got {x.dtype}; apply "
@@ -225,28 +284,40 @@ class CrossFormerBackbone(nn.Module):
     drop_path = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
     block_cls = remat_block(CrossFormerBlock, self.remat)
 
+    valid = None if image_size is None else jnp.asarray(image_size, jnp.int32).reshape(x.shape[0], 2)
+    agrees = None
     x = CrossScaleEmbedding(self.dims[0], tuple(self.patch_sizes), stride=4,
                             use_norm=self.patch_norm, dtype=self.dtype, name="patch_embed")(
-                                x.astype(self.dtype))
+                                zero_outside(x.astype(self.dtype), valid))
     x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
     features, block_index = {}, 0
     for stage in range(max(self.out_indices) + 1):
+      stage_valid = None if valid is None else scaled_sizes(valid, 4 * 2 ** stage)
       for b in range(self.depths[stage]):
-        x = block_cls(self.stage_heads[stage], group_sizes[stage][b], intervals[stage],
+        block = block_cls(self.stage_heads[stage], group_sizes[stage][b], intervals[stage],
                       long_distance=b % 2 == 1, lda_mode=self.lda_mode, mlp_ratio=mlp_ratios[stage],
                       qkv_bias=self.qkv_bias, qk_scale=self.qk_scale,
                       drop_path=float(drop_path[block_index]), attn_drop=self.attn_drop_rate,
                       use_acl=self.use_acl and has_acl(b, self.depths[stage]),
                       pad_type=self.pad_type, no_mask=self.no_mask,
                       adaptive_interval=self.adaptive_interval, dtype=self.dtype,
-                      name=f"layers_{stage}_blocks_{b}")(x, train)
+                      name=f"layers_{stage}_blocks_{b}")
+        x = block(x, train) if valid is None else block(x, train, stage_valid)
+        if valid is not None:
+          ok = grouping.canvas_plan_agrees(stage_valid[:, 0], stage_valid[:, 1], x.shape[1:3],
+                                           group_sizes[stage][b], intervals[stage], b % 2 == 1, self.lda_mode,
+                                           self.adaptive_interval, jnp)
+          agrees = ok if agrees is None else agrees & ok
         block_index += 1
       if stage in self.out_indices:
-        features[f"stage_{stage + 1}"] = x
+        features[f"stage_{stage + 1}"] = zero_outside(x, stage_valid)
       if stage < num_stages - 1 and stage < max(self.out_indices):
         x = CrossScaleEmbedding(self.dims[stage + 1], tuple(self.merge_sizes[stage]), stride=2,
                                 norm_first=True, use_norm=True, conv_name="reductions",
-                                dtype=self.dtype, name=f"layers_{stage}_downsample")(x)
+                                dtype=self.dtype, name=f"layers_{stage}_downsample")(x, stage_valid)
+    if agrees is not None:  # a wrong canvas gives NaN, never silently different features
+      poison = jnp.where(agrees, 0.0, jnp.nan).astype(self.dtype)[:, None, None, None]
+      features = {k: v + poison for k, v in features.items()}
     return features
 
 

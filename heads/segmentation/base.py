@@ -23,6 +23,16 @@ def select_levels(inputs: Features, in_index: Optional[Sequence[int]]) -> Tuple[
   return tuple(levels[i] for i in in_index)
 
 
+def select_sizes(valid_sizes: Optional[Sequence[jnp.ndarray]], num_levels: int,
+                 in_index: Optional[Sequence[int]]) -> Optional[Tuple[jnp.ndarray, ...]]:
+  """The valid sizes (canvas inference, ``heads.valid_region``) of the levels ``select_levels`` picks, or None."""
+  if valid_sizes is None:
+    return None
+  if len(valid_sizes) != num_levels:
+    raise ValueError(f"valid_sizes has {len(valid_sizes)} entries for {num_levels} feature levels")
+  return tuple(valid_sizes) if in_index is None else tuple(valid_sizes[i] for i in in_index)
+
+
 def classify(x: jnp.ndarray, num_classes: int, dropout: float, train: bool, dtype: Dtype) -> jnp.ndarray:
   """mmseg ``cls_seg``: ``Dropout2d`` (whole channels per example) then the 1x1 ``conv_seg`` classifier.
 

@@ -6,8 +6,9 @@ from typing import Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from heads.layers import ConvModule, Dtype, Features, resize_bilinear
-from heads.segmentation.base import classify, select_levels
+from heads import valid_region
+from heads.layers import ConvModule, Dtype, Features, feature_list, resize_bilinear
+from heads.segmentation.base import classify, select_levels, select_sizes
 
 
 class FPNHead(nn.Module):
@@ -38,9 +39,14 @@ class FPNHead(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs: Features, train: bool = False) -> jnp.ndarray:
-    """Returns logits (B, H0, W0, num_classes) at the finest selected level's resolution."""
+  def __call__(self, inputs: Features, train: bool = False,
+               valid_sizes: Optional[Sequence[jnp.ndarray]] = None) -> jnp.ndarray:
+    """Returns logits (B, H0, W0, num_classes) at the finest selected level's resolution.
+
+    ``valid_sizes``: canvas inference, one (B, 2) valid size per input level (``heads.valid_region``); each
+    example's logits in its valid region of the finest level are then those of its region alone."""
     levels = select_levels(inputs, self.in_index)
+    sizes = select_sizes(valid_sizes, len(feature_list(inputs)), self.in_index)
     strides = tuple(self.feature_strides)
     if len(strides) != len(levels):
       raise ValueError(f"{len(strides)} feature_strides for {len(levels)} input levels")
@@ -49,10 +55,20 @@ class FPNHead(nn.Module):
     output = None
     for i, (x, stride) in enumerate(zip(levels, strides)):
       num_convs = max(1, int(math.log2(stride) - math.log2(strides[0])))
+      valid = None if sizes is None else sizes[i]
       for k in range(num_convs):
         x = ConvModule(self.channels, 3, norm=self.norm, norm_axis_name=self.norm_axis_name, dtype=self.dtype,
-                       name=f"scale_heads_{i}_{k}")(x, train)
+                       name=f"scale_heads_{i}_{k}")(valid_region.zero_outside(x, valid), train)
         if stride != strides[0]:
-          x = resize_bilinear(x, (2 * x.shape[1], 2 * x.shape[2]))
-      output = x if output is None else output + resize_bilinear(x, output.shape[1:3])
+          out_hw = (2 * x.shape[1], 2 * x.shape[2])
+          if valid is None:
+            x = resize_bilinear(x, out_hw)
+          else:
+            x, valid = valid_region.resize_bilinear_valid(x, valid, 2 * valid, out_hw), 2 * valid
+      if output is None:
+        output, output_valid = x, valid
+      elif valid is None:
+        output = output + resize_bilinear(x, output.shape[1:3])
+      else:
+        output = output + valid_region.resize_bilinear_valid(x, valid, output_valid, output.shape[1:3])
     return classify(output, self.num_classes, self.dropout, train, self.dtype)

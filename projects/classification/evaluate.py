@@ -24,6 +24,7 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
+from backbones import compilation_cache
 from projects.classification import train
 from projects.common import evaluation
 from projects.common import restore
@@ -70,6 +71,7 @@ def evaluate(model: Any, variables: Any, config: ml_collections.ConfigDict, max_
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   """Runs the command; returns the results."""
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  compilation_cache.enable()
   model, variables, config = restore.restore_for_evaluation(args, "classification", ("data_dir", "manual_dir"))
   if args.dataset_name:
     with config.unlocked():

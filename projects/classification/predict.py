@@ -18,6 +18,7 @@ import pathlib
 import sys
 from typing import Any, Dict, Optional, Sequence
 
+from backbones import compilation_cache
 from backbones.preprocess import denormalize_image
 from backbones.weights import files
 from projects.classification import visualize
@@ -42,6 +43,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   """Runs the command; returns ``predict_io.run_over_inputs``'s summary (skipped inputs: exit status 1)."""
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  compilation_cache.enable()
   model, variables = restore.restore_model(args.config, args.checkpoint)
   restore.check_task(model, "classification", args.checkpoint, "predict")
   classifier = Classifier(model, variables)

@@ -184,22 +184,13 @@ def write_json(path: str, obj: Any) -> str:
   return path
 
 
-def enable_compilation_cache(jax_module: Any) -> str:
-  """Turns on JAX's persistent compilation cache for a job: ``$JAX_COMPILATION_CACHE_DIR``, else
-  ``~/.cache/crossformer_jax/xla``; a rerun or a resumed job then skips recompiling its shape buckets."""
-  path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(
-      os.path.expanduser("~"), ".cache", "crossformer_jax", "xla")
-  jax_module.config.update("jax_compilation_cache_dir", path)
-  jax_module.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  return path
-
-
 def job_main(run: Callable[[ml_collections.ConfigDict, str], Any],
              summarize: Callable[[Any], str]) -> Callable[[Sequence[str]], None]:
   """The absl ``main`` of a training job: checks the flags, starts multi-host JAX when asked, calls
   ``run(config, workdir)`` and prints ``summarize(result)`` on process 0."""
   from absl import app  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
+  from backbones import compilation_cache  # pylint: disable=import-outside-toplevel
   from projects.common import guards  # pylint: disable=import-outside-toplevel
   from projects.common import quiet  # pylint: disable=import-outside-toplevel
   from projects.common import sharding  # pylint: disable=import-outside-toplevel
@@ -210,7 +201,7 @@ def job_main(run: Callable[[ml_collections.ConfigDict, str], Any],
     if flags.FLAGS.config is None or flags.FLAGS.workdir is None:
       raise app.UsageError("--config and --workdir are required")
     quiet.quiet_third_party(flags.FLAGS.verbose)
-    enable_compilation_cache(jax)
+    compilation_cache.enable()
     sharding.maybe_initialize_distributed(flags.FLAGS.multihost)
     logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
                  jax.devices())

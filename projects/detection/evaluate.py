@@ -23,6 +23,7 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
+from backbones import compilation_cache
 from projects.common import evaluation
 from projects.common import restore
 from projects.common import sharding
@@ -66,6 +67,7 @@ def evaluate(model: Any, variables: Any, config: ml_collections.ConfigDict, outp
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   """Runs the command; returns the results."""
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  compilation_cache.enable()
   model, variables, config = restore.restore_for_evaluation(args, "detection", ("data_dir", "manual_dir"))
   start = time.time()
   if args.output_dir:

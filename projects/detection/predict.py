@@ -21,6 +21,7 @@ import pathlib
 import sys
 from typing import Any, Dict, Optional, Sequence
 
+from backbones import compilation_cache
 from backbones.weights import files
 from projects.common import images as images_lib
 from projects.common import predict_io
@@ -54,6 +55,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   """Runs the command; returns ``predict_io.run_over_inputs``'s summary (skipped inputs: exit status 1)."""
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  compilation_cache.enable()
   detector = predictor.Detector.from_checkpoint(args.config, args.checkpoint, pad_to_buckets=args.pad_to_buckets)
   threshold = args.score_threshold
   if threshold is None:

@@ -8,7 +8,9 @@ window as ``config.inference`` says, or ``--mode``; ``ms_flip`` = ratios 0.5-1.7
 48.4 protocol), its logits resized bilinearly to the annotation's original size and scored there (mIoU,
 mAcc, aAcc over the summed confusion matrix, as mmseg). ``--checkpoint``: a training workdir (``--config``
 then defaults to its ``config.json``), a converted model file or an official ``.pth``/``.npz``. With
-``--output_dir`` it writes ``eval_results.json`` and ``per_class_iou.tsv`` there.
+``--output_dir`` it writes ``eval_results.json`` and ``per_class_iou.tsv`` there. Whole-mode views run in the
+padded canvases of ``config.inference.canvases`` (``predictor``), compiled ahead of time; the persistent
+compilation cache is on, and the programs compiled and their compile seconds are printed.
 """
 
 import argparse
@@ -22,6 +24,8 @@ from typing import Any, Dict, Optional, Sequence
 import ml_collections
 from tqdm import tqdm
 
+
+from backbones import compilation_cache
 from projects.common import evaluation
 from projects.common import restore
 from projects.segmentation import predictor
@@ -55,12 +59,14 @@ def evaluate(model: Any, variables: Any, config: ml_collections.ConfigDict, mode
   results = evaluation.run_evaluation(lambda state, batch: ({}, None), restore.InferenceState(tree=dict(variables)),
                                       batches, lambda batch: batch, evaluator, max_batches=max_batches)
   results["test_time"] = evaluator.test_time
+  results["programs"] = evaluator.program_counts()
   return results
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   """Runs the command; returns the results."""
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  compilation_cache.enable()
   model, variables, config = restore.restore_for_evaluation(args, "segmentation")
   start = time.time()
   results = evaluate(model, variables, config, args.mode, args.max_batches)
@@ -68,6 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
   print(f"mIoU {results['mIoU']:.4f}  mAcc {results['mAcc']:.4f}  aAcc {results['aAcc']:.4f}  "
         f"({results['protocol']}, {results['test_time'].mode}, ratios {results['test_time'].ratios}, "
         f"flip {results['test_time'].flip}; {time.time() - start:.0f} s)")
+  print(f"compiled programs: {predictor.format_programs(results['programs'])}")
   if args.output_dir:
     os.makedirs(args.output_dir, exist_ok=True)
     paths = train.write_results(results, args.output_dir)

@@ -15,12 +15,22 @@ Test-time settings come from ``config.inference`` (``mode`` whole|slide, ``crop_
 ``flip``; defaults: whole, single scale) or the ``mode=`` argument (``"ms_flip"``: the official ratios
 0.5-1.75 with flip over the configured whole/slide mode).
 
-Compilation: the network is jitted once per view shape (AlignResize outputs are multiples of 32, so photos of
-one camera share one program); the resize to the original size is a gather with host-computed indices over
-an output canvas rounded up to ``output_multiple`` pixels, so it compiles once per (view, canvas) shape.
+Compilation: in whole mode every view runs inside one of a few padded canvases (``TestTime.canvases``:
+``config.inference.canvases``, default the dataset's eval buckets scaled to each ratio; ``canvases.py`` chooses
+them from a dataset's sizes) with the padding made invisible (``SegmentationNet.canvas_logits``: the view's
+logits equal its own whole inference to float rounding), so the network compiles once per canvas, ahead of
+time and in parallel (``compile_canvases``), whatever the image sizes. A view no canvas holds exactly
+(``CrossFormerBackbone.canvas_fits``) gets a program of its own size, as do all views in slide mode or with a
+backbone without canvas inference. Flips are done on the host (the same program serves both). The resize to
+the original size is a gather with host-computed indices over an output canvas rounded up to
+``output_multiple`` pixels: one cheap program per (view canvas, output canvas). ``program_counts`` reports
+the programs compiled and their compile seconds.
 """
 
+import concurrent.futures
 import dataclasses
+import inspect
+import time
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -48,6 +58,8 @@ class TestTime:
     flip: also infer the horizontally flipped views.
     eval_scale: ``AlignResize`` scale (long, short), e.g. (2048, 512).
     size_divisor: ``AlignResize`` (and backbone) size divisor.
+    canvases: padded (h, w) canvases whole-mode views are inferred in (multiples of ``size_divisor``);
+      empty: one program per view size.
   """
   mode: str = "whole"
   crop_size: Tuple[int, int] = (512, 512)
@@ -56,12 +68,17 @@ class TestTime:
   flip: bool = False
   eval_scale: Tuple[int, int] = (2048, 512)
   size_divisor: int = 32
+  canvases: Tuple[Tuple[int, int], ...] = ()
 
   def __post_init__(self):
     if self.mode not in inference.INFERENCE_MODES:
       raise ValueError(f"test mode {self.mode!r} must be one of {inference.INFERENCE_MODES}")
     if not self.ratios or min(self.ratios) <= 0:
       raise ValueError(f"test ratios must be positive, got {self.ratios}")
+    bad = [c for c in self.canvases if len(c) != 2 or any(int(v) <= 0 or int(v) % self.size_divisor for v in c)]
+    if bad:
+      raise ValueError(f"config.inference.canvases {bad}: each must be (h, w), multiples of size_divisor "
+                       f"{self.size_divisor}")
 
   @property
   def augmented(self) -> bool:
@@ -73,10 +90,12 @@ def test_time_from_config(config: ml_collections.ConfigDict, mode: Optional[str]
   """``TestTime`` from ``config.inference`` and ``config.dataset`` (eval_scale, size_divisor); ``mode``
   (whole|slide|ms_flip) overrides the configured one."""
   cfg = dict(config.get("inference") or {})
+  canvases = cfg.pop("canvases", None)
   cfg = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items()}
   unknown = sorted(set(cfg) - {"mode", "crop_size", "stride", "ratios", "flip"})
   if unknown:
-    raise ValueError(f"unknown config.inference keys {unknown}; known: mode, crop_size, stride, ratios, flip")
+    raise ValueError(f"unknown config.inference keys {unknown}; known: mode, crop_size, stride, ratios, flip, "
+                     "canvases")
   dataset = config.get("dataset") or {}
   cfg["eval_scale"] = tuple(int(v) for v in dataset.get("eval_scale", (2048, 512)))
   cfg["size_divisor"] = int(dataset.get("size_divisor", 32))
@@ -87,7 +106,22 @@ def test_time_from_config(config: ml_collections.ConfigDict, mode: Optional[str]
       cfg.update(ratios=MS_RATIOS, flip=True)
     else:
       cfg.update(mode=mode, ratios=(1.0,), flip=False)
+  if canvases is None:  # the eval buckets (canvases of the ratio-1 views), scaled to every ratio
+    canvases = scaled_canvases(dataset.get("eval_buckets"), cfg["eval_scale"], cfg["size_divisor"],
+                               cfg.get("ratios", (1.0,)))
+  cfg["canvases"] = tuple(sorted({(int(h), int(w)) for h, w in canvases}))
   return TestTime(**cfg)
+
+
+def scaled_canvases(buckets: Optional[Sequence[Sequence[int]]], eval_scale: Sequence[int], size_divisor: int,
+                    ratios: Sequence[float]) -> Tuple[Tuple[int, int], ...]:
+  """Canvases for the views of ``ratios``: ``buckets`` (None: the pipeline's ``default_eval_buckets`` of
+  ``eval_scale``) scaled by each ratio and rounded up to ``size_divisor``."""
+  if buckets is None:
+    from projects.segmentation.data import pipeline  # pylint: disable=g-import-not-at-top
+    buckets = pipeline.default_eval_buckets(eval_scale, size_divisor)
+  up = lambda x: max(size_divisor, -(-int(np.ceil(x - 1e-9)) // size_divisor) * size_divisor)
+  return tuple(sorted({(up(h * r), up(w * r)) for r in ratios for h, w in buckets}))
 
 
 def align_size(height: int, width: int, scale: Sequence[int], size_divisor: int) -> Tuple[int, int]:
@@ -129,12 +163,28 @@ def _gather_resize(x: jnp.ndarray, rows, cols) -> jnp.ndarray:
   return x[:, c0] * (1.0 - cw)[None, :, None] + x[:, c1] * cw[None, :, None]
 
 
+def format_programs(counts: Dict[str, Any]) -> str:
+  """One line of ``Segmenter.program_counts`` (printed by the evaluate and predict commands)."""
+  if not counts:
+    return "none"
+  return (f"{counts['network']} network ({counts['canvases']} canvases compiled ahead in "
+          f"{counts['compile_seconds']:.1f} s, {counts['per_size']} per view size), {counts['resize']} resize")
+
+
 class Segmenter:
   """A segmentation model with its variables and test-time settings, applied to one image at a time."""
 
   def __init__(self, model: Any, variables: Mapping[str, Any], test_time: TestTime,
                output_multiple: int = 64) -> None:
     """``model`` is a ``SegmentationModel``; see ``from_checkpoint`` for the usual construction."""
+    # Canvases need a network taking image_size (SegmentationNet) around a backbone that says which canvas
+    # holds an image exactly (CrossFormerBackbone.canvas_fits); other models run one program per view size.
+    backbone = getattr(model.flax_model, "backbone", None)
+    takes_size = "image_size" in inspect.signature(type(model.flax_model).__call__).parameters
+    self._canvas_fits = getattr(backbone, "canvas_fits", None) if takes_size else None
+    self._canvas_net = jax.jit(self._canvas_view_logits)
+    self._compiled: Dict[Tuple[int, int], Any] = {}  # canvas -> compiled network program
+    self.compile_seconds = 0.0
     self.model = model
     self.variables = jax.device_put(dict(variables))
     self.test_time = test_time
@@ -173,6 +223,72 @@ class Segmenter:
       logits = inference.slide_inference(apply_fn, x, tt.crop_size, tt.stride, tt.size_divisor)
     return logits[0, :, ::-1] if flip else logits[0]
 
+  def _canvas_view_logits(self, variables, canvas: jnp.ndarray, image_size: jnp.ndarray) -> jnp.ndarray:
+    """Logits (Hc, Wc, K) of the view at the top-left ``image_size`` of a (1, Hc, Wc, 3) zero canvas."""
+    return self.model.flax_model.apply(variables, canvas, train=False, image_size=image_size)["logits"][0]
+
+  @property
+  def uses_canvases(self) -> bool:
+    """Whether whole-mode views run in padded canvases (canvases configured, backbone supports it)."""
+    return self.test_time.mode == "whole" and bool(self.test_time.canvases) and self._canvas_fits is not None
+
+  def canvas_for(self, size: Tuple[int, int]) -> Optional[Tuple[int, int]]:
+    """The canvas a view of ``size`` (a multiple of size_divisor) runs in: the smallest configured canvas
+    that holds it exactly (``canvas_fits``), else None (the view gets a program of its own size)."""
+    if not self.uses_canvases:
+      return None
+    fitting = [tuple(c) for c in self.test_time.canvases if self._canvas_fits(tuple(c), tuple(size))]
+    return min(fitting, key=lambda c: (c[0] * c[1], c)) if fitting else None
+
+  def _network(self, canvas: Tuple[int, int]) -> Any:
+    """The compiled network program of ``canvas`` (compiled now if it is not yet)."""
+    if canvas not in self._compiled:
+      self.compile_canvases([canvas])
+    return self._compiled[canvas]
+
+  def compile_canvases(self, canvases: Optional[Sequence[Tuple[int, int]]] = None, threads: int = 4) -> int:
+    """Compiles the network for ``canvases`` (default: the configured ones) ahead of time, in parallel
+    threads (XLA compiles outside the GIL); returns how many programs were new. Their wall seconds are added
+    to ``compile_seconds``."""
+    if not self.uses_canvases:
+      return 0
+    todo = [tuple(int(v) for v in c) for c in (self.test_time.canvases if canvases is None else canvases)]
+    todo = sorted(set(todo) - set(self._compiled))
+    if not todo:
+      return 0
+    start = time.perf_counter()
+    variables = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.variables)
+
+    def compile_one(canvas):
+      image = jax.ShapeDtypeStruct((1, *canvas, 3), jnp.float32)
+      return canvas, self._canvas_net.lower(variables, image, jax.ShapeDtypeStruct((1, 2), jnp.int32)).compile()
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(threads, len(todo)))) as pool:
+      self._compiled.update(pool.map(compile_one, todo))
+    self.compile_seconds += time.perf_counter() - start
+    return len(todo)
+
+  def program_counts(self) -> Dict[str, Any]:
+    """Programs compiled so far: ``network`` (canvas programs + per-size ones), ``resize``, and the network
+    canvases' compile seconds (``compile_seconds``)."""
+    per_size = self._logits_fn._cache_size()  # pylint: disable=protected-access
+    return {"network": len(self._compiled) + per_size, "canvases": len(self._compiled),
+            "per_size": per_size, "resize": self._resize_fn._cache_size(),  # pylint: disable=protected-access
+            "compile_seconds": round(self.compile_seconds, 2)}
+
+  def padded_size(self, view_hw: Sequence[int]) -> Tuple[int, int]:
+    """A view's size rounded up to size_divisor (what whole inference feeds the network)."""
+    return tuple(-(-int(s) // self.test_time.size_divisor) * self.test_time.size_divisor for s in view_hw[:2])
+
+  def _canvas_logits(self, view: np.ndarray, canvas: Tuple[int, int], flip: bool) -> jnp.ndarray:
+    """Logits (Hc, Wc, K) of a view (h, w, 3) placed in ``canvas`` (valid ``[:h, :w]``; the network sees the
+    view zero-padded to ``padded_size``, as whole inference), the view flipped on the host with ``flip``."""
+    h, w = view.shape[:2]
+    size = self.padded_size(view.shape)
+    placed = np.zeros((1, *canvas, 3), np.float32)
+    placed[0, :h, :w] = view[:, ::-1] if flip else view
+    return self._network(canvas)(self.variables, placed, np.asarray([size], np.int32))
+
   @staticmethod
   def _resize_scores(logits: jnp.ndarray, rows, cols, softmax: bool) -> jnp.ndarray:
     """``logits`` resized to the output canvas (Hp, Wp, K) (softmax scores with ``softmax``)."""
@@ -193,9 +309,16 @@ class Segmenter:
     for view in views:
       rows = resize_indices(view.shape[0], height, canvas[0])
       cols = resize_indices(view.shape[1], width, canvas[1])
+      canvas = self.canvas_for(self.padded_size(view.shape))
       for flip in ((False, True) if self.test_time.flip else (False,)):
-        logits = self._logits_fn(self.variables, jnp.asarray(view, jnp.float32)[None], flip=flip)
-        scores = self._resize_fn(logits, rows, cols, softmax=softmax)
+        if canvas is not None:  # the flip is undone by reading the columns mirrored
+          logits = self._canvas_logits(np.asarray(view, np.float32), canvas, flip)
+          c0, c1, cw = cols
+          view_cols = (view.shape[1] - 1 - c0, view.shape[1] - 1 - c1, cw) if flip else cols
+          scores = self._resize_fn(logits, rows, view_cols, softmax=softmax)
+        else:
+          logits = self._logits_fn(self.variables, jnp.asarray(view, jnp.float32)[None], flip=flip)
+          scores = self._resize_fn(logits, rows, cols, softmax=softmax)
         total = scores if total is None else total + scores
     return np.asarray(self._argmax(total))[:height, :width]
 

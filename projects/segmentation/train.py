@@ -79,8 +79,13 @@ class SegmentationEvaluator(evaluation.Evaluator):
     variables = jax.tree.map(np.asarray, sharding.to_host(state.variables()))
     if self._segmenter is None:
       self._segmenter = predictor.Segmenter(self.model, variables, self.test_time)
+      self._segmenter.compile_canvases()  # ahead of time, in parallel: one program per canvas
     else:  # same shapes: the compiled programs are reused
       self._segmenter.variables = jax.device_put(variables)
+
+  def program_counts(self) -> Dict[str, Any]:
+    """The segmenter's compiled programs and compile seconds (``Segmenter.program_counts``); {} before any."""
+    return {} if self._segmenter is None else self._segmenter.program_counts()
 
   def process_fn(self, outputs: Mapping[str, Any], batch: Mapping[str, Any]) -> Any:
     return {"confusion": self.model.confusion_matrix(outputs, batch),

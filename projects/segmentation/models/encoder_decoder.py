@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from heads import valid_region
 from heads.fpn import FPN
-from heads.layers import Dtype, resize_bilinear
+from heads.layers import Dtype, feature_list, resize_bilinear
 from heads.segmentation import FCNHead, FPNHead, UPerHead
 from projects import registry
 from projects.common.base_model import Batch, BaseModel, MetricFn, param_shapes
@@ -47,12 +48,16 @@ class SegmentationNet(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs: jnp.ndarray, train: bool = False, debug: bool = False) -> Dict[str, jnp.ndarray]:
+  def __call__(self, inputs: jnp.ndarray, train: bool = False, debug: bool = False,
+               image_size: Optional[jnp.ndarray] = None) -> Dict[str, jnp.ndarray]:
     """Returns ``{"logits": (B, H, W, K) float32}``, plus ``"aux_logits"`` when training with an aux head.
 
     ``debug`` is part of the Scenic model-call convention; this network has no debug-only behaviour.
+    ``image_size`` (B, 2) int: canvas inference (``canvas_logits``).
     """
     del debug
+    if image_size is not None:
+      return {"logits": self.canvas_logits(inputs, image_size)}
     size = inputs.shape[1:3]
     features = self.backbone(inputs.astype(self.dtype), train=train)
     if self.neck is not None:
@@ -64,6 +69,28 @@ class SegmentationNet(nn.Module):
       if train:
         outputs["aux_logits"] = resize_bilinear(aux_logits, size)
     return outputs
+
+
+  def canvas_logits(self, inputs: jnp.ndarray, image_size: jnp.ndarray) -> jnp.ndarray:
+    """Inference logits (B, H, W, K) float32 of images of different sizes in one padded canvas ``inputs``.
+
+    Example i is the image ``inputs[i, :h, :w]`` with ``(h, w) = image_size[i]`` (a size the backbone takes
+    as is); its logits in ``[:h, :w]`` are those of the image alone (to float rounding) and zero elsewhere:
+    the backbone (``image_size``), the neck and the decode head (``valid_sizes``, ``heads.valid_region``)
+    see only each example's valid region, and the final bilinear resize goes from the head's valid size to
+    ``(h, w)``. One program then serves every image size the canvas holds. Evaluation only (no aux head).
+    """
+    canvas = inputs.shape[1:3]
+    image_size = jnp.asarray(image_size, jnp.int32).reshape(inputs.shape[0], 2)
+    features = self.backbone(inputs.astype(self.dtype), train=False, image_size=image_size)
+    sizes = valid_region.level_sizes(image_size, canvas, feature_list(features))
+    if self.neck is not None:
+      features = self.neck(features, train=False, valid_sizes=sizes)
+      sizes = self.neck.output_sizes(sizes)
+    logits = self.decode_head(features, train=False, valid_sizes=sizes).astype(jnp.float32)
+    (logit_valid,) = valid_region.level_sizes(image_size, canvas, [logits])
+    logits = valid_region.resize_bilinear_valid(logits, logit_valid, image_size, canvas)
+    return valid_region.zero_outside(logits, image_size)
 
 
 def split_outputs(outputs: Any) -> Tuple[jnp.ndarray, Optional[jnp.ndarray]]:
