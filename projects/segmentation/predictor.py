@@ -309,10 +309,10 @@ class Segmenter:
     for view in views:
       rows = resize_indices(view.shape[0], height, canvas[0])
       cols = resize_indices(view.shape[1], width, canvas[1])
-      canvas = self.canvas_for(self.padded_size(view.shape))
+      view_canvas = self.canvas_for(self.padded_size(view.shape))
       for flip in ((False, True) if self.test_time.flip else (False,)):
-        if canvas is not None:  # the flip is undone by reading the columns mirrored
-          logits = self._canvas_logits(np.asarray(view, np.float32), canvas, flip)
+        if view_canvas is not None:  # the flip is undone by reading the columns mirrored
+          logits = self._canvas_logits(np.asarray(view, np.float32), view_canvas, flip)
           c0, c1, cw = cols
           view_cols = (view.shape[1] - 1 - c0, view.shape[1] - 1 - c1, cw) if flip else cols
           scores = self._resize_fn(logits, rows, view_cols, softmax=softmax)
