@@ -179,3 +179,15 @@ def test_feature_extraction_in_a_canvas_equals_per_image():
   for key, value in want.items():
     assert got[key].shape == value.shape
     np.testing.assert_allclose(got[key], value, atol=ATOL, rtol=0)
+
+
+def test_views_of_different_canvases_add_up_as_the_per_size_path():
+  """Multi-scale + flip: views of one image that fall in different canvases are summed in the output frame
+  (a view's canvas used to shadow the output's, and the sum failed)."""
+  seg = tiny_segmenter(((128, 128), (192, 192)), flip=True)
+  rng = np.random.default_rng(5)
+  views = [rng.normal(size=(97, 131, 3)).astype(np.float32), rng.normal(size=(110, 96, 3)).astype(np.float32)]
+  labels = seg.predict_views(views, (120, 150))
+  seg.test_time = dataclasses.replace(seg.test_time, canvases=())  # the per-size path
+  want = seg.predict_views(views, (120, 150))
+  assert labels.shape == (120, 150) and np.mean(labels != want) < 1e-3
