@@ -218,3 +218,19 @@ def test_eval_pass_covers_every_image_once_with_filler(coco_tree):
   assert sorted(real) == sorted(i["id"] for i in val_json["images"])  # the empty image included
   assert sum((b["batch_mask"] == 0).sum() for b in batches) == 4 * len(batches) - len(real) > 0
   assert dataset.meta_data["annotation_file"].endswith("instances_val2017.json")
+
+
+def test_file_names_that_leave_the_image_folder_are_refused(tmp_path):
+  """A COCO ``file_name`` of ``../../../x/y.jpg``, an absolute path or a symlink out of the image folder used to
+  pull a foreign image into the split without a word; it is refused naming the annotation file and the entry."""
+  from projects.detection.data import coco_builder  # pylint: disable=import-outside-toplevel
+  images = tmp_path / "coco" / "train2017"
+  images.mkdir(parents=True)
+  (tmp_path / "secret.jpg").write_bytes(b"x")
+  (images / "ok.jpg").write_bytes(b"x")
+  (images / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+  ann = str(tmp_path / "coco" / "annotations" / "instances_train2017.json")
+  assert coco_builder.image_path(str(images), {"id": 1, "file_name": "ok.jpg"}, ann) == str(images / "ok.jpg")
+  for name in ("../../secret.jpg", str(tmp_path / "secret.jpg"), "link.jpg"):
+    with pytest.raises(ValueError, match=r"instances_train2017\.json: image 7 has file_name .* leads outside"):
+      coco_builder.image_path(str(images), {"id": 7, "file_name": name}, ann)

@@ -162,6 +162,17 @@ def normalized_bbox(bbox: Sequence[float], height: int, width: int) -> np.ndarra
   return np.clip(box, 0.0, 1.0).astype(np.float32)
 
 
+def image_path(image_dir: str, image_info: Mapping[str, Any], annotation_file: str) -> str:
+  """The file of an image entry, which must stay inside ``image_dir`` once resolved: a ``file_name`` such as
+  ``../../x.jpg``, an absolute path or a symlink out of the folder would pull a foreign file into the split."""
+  path = os.path.join(image_dir, image_info["file_name"])
+  root = os.path.realpath(image_dir)
+  if os.path.commonpath([root, os.path.realpath(path)]) != root:
+    raise ValueError(f"{annotation_file}: image {image_info['id']} has file_name {image_info['file_name']!r}, "
+                     f"which leads outside the image folder {image_dir}; only files inside it are read")
+  return path
+
+
 def _check_image(path: str, image_info: Mapping[str, Any], annotation_file: str) -> None:
   """Raises if the image is missing, unreadable, or not the size its JSON entry says (reads the header)."""
   if not os.path.isfile(path):
@@ -246,7 +257,7 @@ class CocoTree(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: CocoSplit) -> Iterator[Tuple[int, Dict[str, Any]]]:
     label_of = {cat_id: index for index, (cat_id, _) in enumerate(split.categories)}
     for image_info in split.images:
-      path = os.path.join(split.image_dir, image_info["file_name"])
+      path = image_path(split.image_dir, image_info, split.annotation_file)
       _check_image(path, image_info, split.annotation_file)
       height, width = image_info["height"], image_info["width"]
       objects = []
