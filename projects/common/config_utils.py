@@ -194,6 +194,7 @@ def job_main(run: Callable[[ml_collections.ConfigDict, str], Any],
   from projects.common import guards  # pylint: disable=import-outside-toplevel
   from projects.common import quiet  # pylint: disable=import-outside-toplevel
   from projects.common import sharding  # pylint: disable=import-outside-toplevel
+  from projects.common import workdir_lock  # pylint: disable=import-outside-toplevel
 
   def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
@@ -209,7 +210,8 @@ def job_main(run: Callable[[ml_collections.ConfigDict, str], Any],
     if flags.FLAGS.allow_config_change:
       config = apply_overrides(config, {}, allow_new={"allow_config_change": True})
     try:
-      result = run(config, flags.FLAGS.workdir)
+      with workdir_lock.hold(flags.FLAGS.workdir, take=jax.process_index() == 0):
+        result = run(config, flags.FLAGS.workdir)
     except guards.JobError as e:  # a message for the user, not a traceback
       logging.error("%s", e)
       raise SystemExit(f"error: {e}") from None
